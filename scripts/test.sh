@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs; the tests start (and
+# stop) a real Kafka broker themselves (KAFKA_BOOTSTRAP_SERVERS, else testcontainers if a
+# Docker engine answers, else deploy/kafka/local-kafka.sh on a free port).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+echo "== ruff"; .venv/bin/ruff check sentinel_stream tests bench
+echo "== mypy"; .venv/bin/mypy sentinel_stream
+echo "== pytest"; exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,3 @@
+from sentinel_stream.cli import main
+
+raise SystemExit(main())

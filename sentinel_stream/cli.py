@@ -1,0 +1,214 @@
+"""The ``sentinel-stream`` command line: run, demo-producer, tail, schemas."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sentinel_stream import __version__
+from sentinel_stream.config import ConfigError, Settings, load_settings
+from sentinel_stream.logs import configure_logging
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    if getattr(args, "bootstrap", None):
+        overrides["kafka_bootstrap"] = args.bootstrap
+    return load_settings(**overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sentinel_stream.app import run
+    from sentinel_stream.kafka.topics import BrokerUnreachable, TopicsMissing
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return run(settings)
+    except (TopicsMissing, BrokerUnreachable) as exc:
+        print(f"sentinel-stream: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo_producer(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from sentinel_stream.kafka.clients import make_admin
+    from sentinel_stream.kafka.topics import ensure_topics
+    from sentinel_stream.synthetic import generate
+
+    settings = (
+        _settings(args, create_topics=args.create_topics or None)
+        if args.create_topics
+        else _settings(args)
+    )
+    topic = args.topic or settings.input_topic
+    if args.create_topics:
+        ensure_topics(make_admin(settings), settings)
+    producer = Producer({**settings.kafka_common(), "linger.ms": "5", "enable.idempotence": "true"})
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    limit = args.count if args.count else 2**62
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration > 0 else float("inf")
+    sent = anomalies = 0
+    next_report = started + 1.0
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    for item in generate(limit if args.count else 10**12, args.routes, args.anomaly_share, seed):
+        now = time.monotonic()
+        if stop["now"] or now >= deadline or sent >= limit:
+            break
+        if args.rate > 0:
+            due = started + sent / args.rate
+            if due > now:
+                time.sleep(due - now)
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("sentinel.demo.label", (item.kind or "normal").encode())
+        ]
+        while True:
+            try:
+                producer.produce(
+                    topic, orjson.dumps(item.event), item.event["route"].encode(), headers=headers
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        sent += 1
+        anomalies += item.is_anomaly
+        if now >= next_report:
+            rate = sent / max(now - started, 1e-9)
+            print(
+                f"demo-producer: sent {sent:,} events ({rate:,.0f}/s), "
+                f"{anomalies:,} labelled anomalies",
+                file=sys.stderr,
+                flush=True,
+            )
+            next_report = now + 1.0
+    left = producer.flush(30)
+    print(
+        f"demo-producer: done, sent {sent:,} events to {topic}, {anomalies:,} labelled anomalies"
+        + (f", {left} NOT delivered" if left else ""),
+        file=sys.stderr,
+    )
+    return 1 if left else 0
+
+
+def format_verdict(v: dict[str, Any]) -> str:
+    """One readable line per verdict."""
+    when = str(v.get("scored_at", ""))[11:23]
+    if v.get("kind") == "explanation":
+        return f"{when} EXPLAIN {v['route']} {v['event_id']}: {v['explanation']['text']}"
+    mark = "THREAT" if v["is_anomaly"] else "ok    "
+    model = "rules, warming up" if v["warming_up"] else f"{v['detector']} v{v['model_version']}"
+    line = f"{when} {mark} {v['route']:<24} score {v['score']:.2f} / {v['threshold']:.2f} ({model})"
+    if v["is_anomaly"]:
+        line += f": {v['explanation']['text']}"
+    return line
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer
+
+    settings = _settings(args)
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": f"sentinel-tail-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": "false",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        }
+    )
+    consumer.subscribe([args.topic or settings.output_topic])
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    shown = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
+    try:
+        while (
+            not stop["now"] and time.monotonic() < deadline and (not args.max or shown < args.max)
+        ):
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            try:
+                v = orjson.loads(msg.value() or b"")
+            except orjson.JSONDecodeError:
+                continue
+            if args.anomalies_only and not v.get("is_anomaly", v.get("kind") == "explanation"):
+                continue
+            print(json.dumps(v) if args.json else format_verdict(v), flush=True)
+            shown += 1
+    finally:
+        consumer.close()
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from sentinel_stream.schemas import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sentinel-stream", description="Per-request anomaly verdicts for telemetry on Kafka."
+    )
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume telemetry, publish verdicts, serve HTTP")
+    run.add_argument("--bootstrap", help="overrides SENTINEL_KAFKA_BOOTSTRAP")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo-producer", help="synthetic telemetry with labelled anomalies")
+    demo.add_argument("--bootstrap")
+    demo.add_argument("--topic", help="default: SENTINEL_INPUT_TOPIC")
+    demo.add_argument(
+        "--rate", type=float, default=200.0, help="events per second (0: as fast as possible)"
+    )
+    demo.add_argument("--routes", type=int, default=20)
+    demo.add_argument("--anomaly-share", type=float, default=0.01)
+    demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds (0: until --count or Ctrl-C)"
+    )
+    demo.add_argument("--count", type=int, default=0, help="stop after this many events")
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--create-topics", action="store_true", help="create missing topics first")
+    demo.set_defaults(func=cmd_demo_producer)
+
+    tail = sub.add_parser("tail", help="print verdicts as they are published")
+    tail.add_argument("--bootstrap")
+    tail.add_argument("--topic", help="default: SENTINEL_OUTPUT_TOPIC")
+    tail.add_argument("--anomalies-only", action="store_true")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--json", action="store_true", help="print records as JSON")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many records")
+    tail.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    tail.set_defaults(func=cmd_tail)
+
+    schemas = sub.add_parser("schemas", help="write the records' JSON Schemas")
+    schemas.add_argument("--out", default="schemas")
+    schemas.set_defaults(func=cmd_schemas)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"sentinel-stream: {exc}", file=sys.stderr)
+        return 2

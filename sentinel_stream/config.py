@@ -1,0 +1,206 @@
+"""Settings from the environment, validated once at start.
+
+Every setting is an environment variable (the table in the README is generated from
+this class: ``sentinel-stream config-table``). A bad value stops the process with a
+message that names the variable, never a traceback. The older service's names
+(SENTINEL_PORT, SENTINEL_HISTORY_MAX, SENTINEL_CONTAMINATION, OLLAMA_HOST, OLLAMA_MODEL)
+keep their meaning.
+
+Any librdkafka property reaches the Kafka clients in one of two ways:
+``SENTINEL_KAFKA_OPT_<NAME>`` (``SENTINEL_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL`` becomes
+``security.protocol``: lower-cased, ``_`` read as ``.``, ``__`` as a literal ``_``), or a
+Java-style properties file named by ``SENTINEL_KAFKA_PROPERTIES_FILE``. The variables win
+over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KAFKA_OPT_PREFIX = "SENTINEL_KAFKA_OPT_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field descriptions become the README's table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SENTINEL_", case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    # HTTP side server
+    host: str = Field("127.0.0.1", description="address the HTTP side server binds")
+    port: Annotated[int, Field(ge=0, le=65535, description="port of the HTTP side server")] = 8000
+    http_body_max: Annotated[
+        int, Field(ge=256, description="largest accepted HTTP body, bytes")
+    ] = 64 * 1024
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="bootstrap servers, host:port,...")
+    group_id: str = Field("sentinel-stream", min_length=1, description="consumer group id")
+    input_topic: str = Field("telemetry", min_length=1, description="topic of telemetry events")
+    output_topic: str = Field(
+        "telemetry.verdicts", min_length=1, description="topic verdicts are published to"
+    )
+    dlq_topic: str = Field("telemetry.dlq", min_length=1, description="dead-letter topic")
+    create_topics: bool = Field(
+        False, description="create missing topics at start (else stop, naming them)"
+    )
+    topic_partitions: Annotated[int, Field(ge=1, description="partitions of created topics")] = 6
+    topic_replication: Annotated[
+        int, Field(ge=1, description="replication factor of created topics")
+    ] = 1
+    kafka_properties_file: Path | None = Field(
+        None, description="Java-style properties file of extra librdkafka settings"
+    )
+    anomalies_only: bool = Field(False, description="publish only anomaly verdicts")
+
+    # Pipeline
+    batch_max: Annotated[int, Field(ge=1, le=100_000, description="records per consume call")] = (
+        2000
+    )
+    poll_timeout_ms: Annotated[int, Field(ge=1, description="longest wait of one consume call")] = (
+        100
+    )
+    commit_interval_ms: Annotated[
+        int, Field(ge=10, description="how often processed offsets are committed")
+    ] = 1000
+    shutdown_timeout_s: Annotated[
+        float, Field(gt=0, description="longest graceful drain on SIGTERM/SIGINT")
+    ] = 30.0
+
+    # Per-route state
+    history_max: Annotated[
+        int, Field(ge=16, le=1_000_000, description="per-route window size, events")
+    ] = 1000
+    max_routes: Annotated[
+        int, Field(ge=1, description="routes tracked at once; least recently seen evicted")
+    ] = 10_000
+    max_models: Annotated[
+        int, Field(ge=1, description="trained models kept at once; least recently seen dropped")
+    ] = 5_000
+
+    # Detector
+    contamination: Annotated[
+        float,
+        Field(gt=0, lt=0.5, description="expected share of anomalies; sets each route's threshold"),
+    ] = 0.001
+    score_floor: Annotated[
+        float, Field(ge=0, le=1, description="no route's model threshold goes below this score")
+    ] = 0.68
+    min_history: Annotated[
+        int, Field(ge=8, description="events a route needs before its first model")
+    ] = 128
+    refit_every: Annotated[
+        int, Field(ge=1, description="new events in a route's window before a refit is due")
+    ] = 250
+    refit_workers: Annotated[
+        int, Field(ge=0, le=64, description="refit processes; 0 refits inline (tests, evaluate)")
+    ] = 1
+    n_estimators: Annotated[int, Field(ge=1, le=1000, description="trees per model")] = 100
+    max_samples: Annotated[int, Field(ge=2, le=4096, description="rows per tree")] = 256
+    rule_factor: Annotated[
+        float, Field(gt=1, description="times a route's typical value that rules flag")
+    ] = 20.0
+    error_burst: Annotated[
+        int, Field(ge=1, description="errors in one request that rules flag as a burst")
+    ] = 5
+    seed: int | None = Field(None, description="random seed of model fits (reproducible runs)")
+
+    # LLM (older service's names)
+    ollama_host: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OLLAMA_HOST", "SENTINEL_OLLAMA_HOST"),
+        description="LLM server for explanations (OLLAMA_HOST)",
+    )
+    ollama_model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OLLAMA_MODEL", "SENTINEL_OLLAMA_MODEL"),
+        description="LLM model name (OLLAMA_MODEL)",
+    )
+
+    # Logging
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json when not on a terminal with auto"
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Settings:
+        if self.max_models > self.max_routes:
+            raise ValueError("SENTINEL_MAX_MODELS must not exceed SENTINEL_MAX_ROUTES")
+        if self.min_history > self.history_max:
+            raise ValueError("SENTINEL_MIN_HISTORY must not exceed SENTINEL_HISTORY_MAX")
+        return self
+
+    def kafka_common(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The librdkafka settings every client gets: bootstrap, then the file, then variables."""
+        conf: dict[str, str] = {"bootstrap.servers": self.kafka_bootstrap}
+        if self.kafka_properties_file is not None:
+            conf.update(_read_properties(self.kafka_properties_file))
+        conf.update(kafka_opts_from_env(os.environ if environ is None else environ))
+        return conf
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        return first if isinstance(first, str) else field.upper()
+    return "SENTINEL_" + field.upper()
+
+
+def kafka_opts_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """librdkafka properties from ``SENTINEL_KAFKA_OPT_*`` variables."""
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.upper().startswith(KAFKA_OPT_PREFIX) and len(key) > len(KAFKA_OPT_PREFIX):
+            raw = key[len(KAFKA_OPT_PREFIX) :].lower()
+            out[raw.replace("__", "\0").replace("_", ".").replace("\0", "_")] = value
+    return out
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"SENTINEL_KAFKA_PROPERTIES_FILE: cannot read {path}: {exc}") from exc
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"SENTINEL_KAFKA_PROPERTIES_FILE: {path}:{lineno}: expected key=value"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, turning pydantic's errors into one clear message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err.get("loc") or ()
+            name = env_name(str(loc[0])) if loc and str(loc[0]) in Settings.model_fields else ""
+            msg = err.get("msg", "invalid")
+            given = err.get("input")
+            shown = f" (got {given!r})" if name and not isinstance(given, dict) else ""
+            lines.append(f"{name}: {msg}{shown}" if name else str(msg))
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

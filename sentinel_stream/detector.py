@@ -1,0 +1,314 @@
+"""The per-route anomaly detector: score a batch, then learn from what was normal.
+
+One :class:`Detector` holds every route's state (window, baseline, model) and is the
+only thing that decides whether a row is anomalous. It is pure logic: numbers in,
+numbers out, no Kafka and no HTTP, so the service, the HTTP handler and ``evaluate``
+share it and it can be tested and benchmarked alone.
+
+The policy, in the order a batch meets it:
+
+1. **Score before learning.** A route's batch is scored by its current model (or by the
+   warm-up rules while it has none); only then are the rows added to its window.
+2. **Flagged rows do not teach.** Rows flagged as anomalous stay out of the window, so a
+   burst of attacks is not learnt as normal. If a route keeps flagging more than half of
+   its traffic for about ``drift_events`` events, the shift is taken as the new normal
+   and flagged rows are admitted again.
+3. **Refit off the hot path.** When a route has ``min_history`` rows (first fit) or
+   ``refit_every`` new ones since its last fit, it asks the :mod:`refit` scheduler for a
+   fit. The fit runs elsewhere; its result is installed whole, with a new version, at
+   the start of a later batch. A route has at most one fit queued or running.
+4. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
+   quantile of its training rows' scores, never below ``score_floor``.
+5. **Bounded.** At most ``max_routes`` routes (least recently seen evicted) and
+   ``max_models`` trained models (the least recently seen route's model dropped; the
+   route is scored by rules until it is refit). Both are counted.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from sentinel_stream.baseline import Baseline
+from sentinel_stream.forest import CompiledForest
+from sentinel_stream.refit import FitRequest, Refitter, RequestFactory
+from sentinel_stream.rules import RULES_THRESHOLD, RuleScorer
+from sentinel_stream.window import RouteTable, Window
+
+Rows = npt.NDArray[np.float32]
+
+BASELINE_REFRESH = 16
+"""During warm-up, the baseline is recomputed every this many admitted rows (after it,
+at every ``refit_every``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorParams:
+    """The detector's knobs; see :class:`sentinel_stream.config.Settings` for each."""
+
+    n_features: int = 3
+    history_max: int = 1000
+    min_history: int = 128
+    refit_every: int = 250
+    n_estimators: int = 100
+    max_samples: int = 256
+    contamination: float = 0.001
+    score_floor: float = 0.68
+    max_routes: int = 10_000
+    max_models: int = 5_000
+    drift_events: int | None = None
+    """Events of mostly-flagged traffic before a shift is learnt; default: history_max."""
+    seed: int | None = None
+    model_features: tuple[int, ...] | None = None
+    """Columns the forest sees (default: all). Telemetry leaves ``errors`` to the rules:
+    a count that is almost always 0 makes every rare single error look as isolated as an
+    attack, and drags the threshold up past real anomalies."""
+
+
+def onto_threshold(
+    scores: npt.NDArray[np.float64], source: float, target: float
+) -> npt.NDArray[np.float64]:
+    """Map scores whose threshold is ``source`` onto a scale whose threshold is ``target``.
+
+    Piecewise linear and monotone, with 0 -> 0, source -> target, 1 -> 1, so that a rule
+    score and a model score can be compared as one number against one threshold.
+    """
+    low = scores * (target / source)
+    high = target + (scores - source) * ((1.0 - target) / (1.0 - source))
+    return np.where(scores < source, low, high)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteModel:
+    """A fitted model as installed for a route: swapped whole, never mutated."""
+
+    forest: CompiledForest
+    threshold: float
+    version: int
+    trained_on: int
+    fitted_at: float
+
+
+@dataclass(slots=True)
+class RouteState:
+    window: Window
+    model: RouteModel | None = None
+    baseline: Baseline | None = None
+    fit_pending: bool = False
+    admitted_since_fit: int = 0
+    admitted_since_baseline: int = 0
+    flag_rate: float = 0.0
+    versions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One route's batch after scoring: arrays per row, the rest per batch."""
+
+    scores: npt.NDArray[np.float64]
+    flags: npt.NDArray[np.bool_]
+    rule_deviations: npt.NDArray[np.float64]
+    threshold: float
+    detector: str
+    model_version: int | None
+    window_size: int
+    baseline: Baseline | None
+
+    @property
+    def warming_up(self) -> bool:
+        return self.detector == "rules"
+
+
+@dataclass(slots=True)
+class DetectorStats:
+    """Counters the metrics module exports; plain ints so this module stays I/O-free."""
+
+    rows_scored: int = 0
+    rows_flagged: int = 0
+    rows_admitted: int = 0
+    routes_evicted: int = 0
+    models_dropped: int = 0
+    models_installed: int = 0
+    fits_discarded: int = 0
+    fit_seconds: list[float] = field(default_factory=list)
+
+
+class Detector:
+    """Every route's window and model, and the policy that scores and learns."""
+
+    def __init__(self, params: DetectorParams, rules: RuleScorer, refitter: Refitter) -> None:
+        self.params = params
+        self.rules = rules
+        self.refitter = refitter
+        self.stats = DetectorStats()
+        self._routes: RouteTable[RouteState] = RouteTable(
+            params.max_routes, self._new_state, self._on_evict
+        )
+        self._models: OrderedDict[str, None] = OrderedDict()
+        drift = params.drift_events or params.history_max
+        self._drift_alpha = 1.0 / max(drift, 1)
+
+    # -- state -------------------------------------------------------------------------
+
+    def _new_state(self, route: str) -> RouteState:
+        return RouteState(window=Window(self.params.history_max, self.params.n_features))
+
+    def _on_evict(self, route: str, state: RouteState) -> None:
+        self.stats.routes_evicted += 1
+        self._models.pop(route, None)
+
+    @property
+    def routes_tracked(self) -> int:
+        return len(self._routes)
+
+    @property
+    def models_trained(self) -> int:
+        return len(self._models)
+
+    def route_state(self, route: str) -> RouteState | None:
+        return self._routes.get(route)
+
+    # -- scoring -----------------------------------------------------------------------
+
+    def score_and_learn(self, route: str, rows: Rows, learn: bool = True) -> Scored:
+        """Score ``rows`` (one route's, in arrival order), then learn the normal ones."""
+        state = self._routes.touch(route)
+        model = state.model
+        rule = self.rules.score(rows, state.baseline)
+        if model is not None:
+            self._models.move_to_end(route)
+            threshold = model.threshold
+            cols = self.params.model_features
+            model_scores = model.forest.score(rows if cols is None else rows[:, cols])
+            # The rules stay on as a floor: the obvious is flagged whatever the forest says.
+            scores = np.maximum(
+                model_scores, onto_threshold(rule.scores, RULES_THRESHOLD, threshold)
+            )
+            detector, version = "isolation_forest", model.version
+        else:
+            scores, threshold = rule.scores, RULES_THRESHOLD
+            detector, version = "rules", None
+        flags = scores >= threshold
+        scored = Scored(
+            scores=scores,
+            flags=flags,
+            rule_deviations=rule.deviations,
+            threshold=threshold,
+            detector=detector,
+            model_version=version,
+            window_size=len(state.window),
+            baseline=state.baseline,
+        )
+        n_flagged = int(flags.sum())
+        self.stats.rows_scored += len(rows)
+        self.stats.rows_flagged += n_flagged
+        if learn:
+            self._learn(route, state, rows, flags, n_flagged)
+        return scored
+
+    def _learn(
+        self,
+        route: str,
+        state: RouteState,
+        rows: Rows,
+        flags: npt.NDArray[np.bool_],
+        n_flagged: int,
+    ) -> None:
+        n = len(rows)
+        keep = (1.0 - self._drift_alpha) ** n
+        state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (n_flagged / n)
+        admitted = rows if (n_flagged == 0 or state.flag_rate > 0.5) else rows[~flags]
+        if len(admitted) == 0:
+            return
+        state.window.extend(admitted)
+        self.stats.rows_admitted += len(admitted)
+        state.admitted_since_fit += len(admitted)
+        state.admitted_since_baseline += len(admitted)
+        size = len(state.window)
+        refresh = BASELINE_REFRESH if state.model is None else self.params.refit_every
+        if state.baseline is None or state.admitted_since_baseline >= refresh:
+            state.baseline = Baseline.of(state.window.snapshot())
+            state.admitted_since_baseline = 0
+        if state.fit_pending:
+            return
+        first = state.model is None
+        if (first and size >= self.params.min_history) or (
+            not first and state.admitted_since_fit >= self.params.refit_every
+        ):
+            state.fit_pending = True
+            state.versions += 1
+            self.refitter.submit(route, first, self._request_for(route, state))
+
+    def _request_for(self, route: str, state: RouteState) -> RequestFactory:
+        params = self.params
+        version = state.versions
+        seed = None
+        if params.seed is not None:
+            seed = (params.seed * 1_000_003 + zlib.crc32(route.encode()) + version) % 2**32
+
+        def make() -> FitRequest | None:
+            # Called when a worker is free: the freshest window, not the one at request time.
+            if self._routes.get(route) is not state:
+                return None
+            state.admitted_since_fit = 0
+            rows = state.window.snapshot()
+            return FitRequest(
+                route=route,
+                token=version,
+                rows=rows if params.model_features is None else rows[:, params.model_features],
+                n_estimators=params.n_estimators,
+                max_samples=params.max_samples,
+                contamination=params.contamination,
+                score_floor=params.score_floor,
+                seed=seed,
+            )
+
+        return make
+
+    # -- models ------------------------------------------------------------------------
+
+    def install_completed(self) -> int:
+        """Swap in every model whose fit has finished; returns how many were installed."""
+        installed = 0
+        for result in self.refitter.collect():
+            state = self._routes.get(result.route)
+            if result.forest is None or state is None or state.versions != result.token:
+                self.stats.fits_discarded += 1
+                if state is not None and state.versions == result.token:
+                    state.fit_pending = False
+                continue
+            state.model = RouteModel(
+                forest=result.forest,
+                threshold=result.threshold,
+                version=result.token,
+                trained_on=result.trained_on,
+                fitted_at=time.monotonic(),
+            )
+            state.fit_pending = False
+            self.stats.fit_seconds.append(result.seconds)
+            self.stats.models_installed += 1
+            installed += 1
+            self._models[result.route] = None
+            self._models.move_to_end(result.route)
+            while len(self._models) > self.params.max_models:
+                old, _ = self._models.popitem(last=False)
+                old_state = self._routes.get(old)
+                if old_state is not None:
+                    old_state.model = None
+                self.stats.models_dropped += 1
+        return installed
+
+    def oldest_model_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest installed model was fitted (0 with none)."""
+        now = time.monotonic() if now is None else now
+        ages = [
+            now - s.model.fitted_at
+            for r in self._models
+            if (s := self._routes.get(r)) is not None and s.model is not None
+        ]
+        return max(ages, default=0.0)

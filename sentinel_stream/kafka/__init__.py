@@ -1,0 +1,1 @@
+"""Thin Kafka plumbing: client settings, topic checks. Nothing here knows about scoring."""

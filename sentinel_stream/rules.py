@@ -1,0 +1,76 @@
+"""Warm-up rules: what scores a route until it has a model, and must catch the obvious.
+
+A rule compares each feature with the route's typical value in the detector's log space,
+where "20 times the median" is a fixed distance, ``log(20)``. Each feature has a factor
+and a reference: latency and input size are compared with the route's median, errors
+with its 90th percentile (a route that errs on 2 % of requests has p90 = 0, so a burst
+of ``error_burst`` errors is ``error_burst + 1`` times that). A route with too little
+history is compared with cold defaults, so that a fresh service still flags a 25 s
+request with 15 errors.
+
+The score is ``max_f deviation_f / 2`` in units of each feature's factor, clipped to
+[0, 1]: exactly at the factor it is 0.5, the rules' threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from sentinel_stream.baseline import Baseline
+
+RULES_THRESHOLD = 0.5
+RULE_MIN_HISTORY = 8
+"""Events a route needs before rules compare with its own values rather than cold defaults."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """How one feature is judged during warm-up."""
+
+    factor: float
+    reference: Literal["median", "p90"]
+    cold_typical: float
+    """The reference used before a route has history, in the detector's space."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    scores: npt.NDArray[np.float64]
+    deviations: npt.NDArray[np.float64]
+    """Per feature, how far above its reference, in units of the feature's factor."""
+
+
+class RuleScorer:
+    """Scores rows against a route's baseline with fixed per-feature factors."""
+
+    def __init__(self, specs: tuple[RuleSpec, ...]) -> None:
+        self.specs = specs
+        self._log_factor = np.array([math.log(s.factor) for s in specs])
+        self._cold = np.array([s.cold_typical for s in specs])
+        self._use_p90 = np.array([s.reference == "p90" for s in specs])
+
+    def reference(self, baseline: Baseline | None) -> npt.NDArray[np.float64]:
+        if baseline is None or baseline.count < RULE_MIN_HISTORY:
+            return self._cold
+        return np.where(self._use_p90, baseline.p90, baseline.median)
+
+    def score(self, rows: npt.NDArray[np.float32], baseline: Baseline | None) -> RuleResult:
+        dev = (rows.astype(np.float64) - self.reference(baseline)) / self._log_factor
+        scores = np.clip(dev.max(axis=1) / 2.0, 0.0, 1.0)
+        return RuleResult(scores=scores, deviations=dev)
+
+
+def telemetry_rules(rule_factor: float, error_burst: int) -> RuleScorer:
+    """The rules for (latency, input_length, errors) in log1p space."""
+    return RuleScorer(
+        (
+            RuleSpec(rule_factor, "median", math.log1p(500.0)),
+            RuleSpec(rule_factor, "median", math.log1p(1000.0)),
+            RuleSpec(error_burst + 1.0, "p90", 0.0),
+        )
+    )
