@@ -98,8 +98,9 @@ class Settings(BaseSettings):
         float, Field(ge=0, le=1, description="no route's model threshold goes below this score")
     ] = 0.68
     min_history: Annotated[
-        int, Field(ge=8, description="events a route needs before its first model")
-    ] = 128
+        int | None,
+        Field(ge=8, description="events before a route's first model (default: min(128, window))"),
+    ] = None
     refit_every: Annotated[
         int, Field(ge=1, description="new events in a route's window before a refit is due")
     ] = 250
@@ -138,9 +139,16 @@ class Settings(BaseSettings):
     def _check_bounds(self) -> Settings:
         if self.max_models > self.max_routes:
             raise ValueError("SENTINEL_MAX_MODELS must not exceed SENTINEL_MAX_ROUTES")
-        if self.min_history > self.history_max:
+        if self.min_history is None:
+            object.__setattr__(self, "min_history", min(128, self.history_max))
+        elif self.min_history > self.history_max:
             raise ValueError("SENTINEL_MIN_HISTORY must not exceed SENTINEL_HISTORY_MAX")
         return self
+
+    @property
+    def first_fit_after(self) -> int:
+        """Events before a route's first model (SENTINEL_MIN_HISTORY, resolved)."""
+        return self.min_history if self.min_history is not None else min(128, self.history_max)
 
     def kafka_common(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """The librdkafka settings every client gets: bootstrap, then the file, then variables."""

@@ -48,10 +48,21 @@ class BadRecord:
     offset: int
 
 
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def iso_utc_ms(epoch_ms: int) -> str:
-    """RFC 3339 UTC with milliseconds and a ``Z``, as the verdict contract shows."""
-    dt = datetime.fromtimestamp(epoch_ms / 1000.0, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds and a ``Z``, as the verdict contract shows.
+
+    A batch's records mostly share their second, so its text is formatted once: this
+    runs for every record without its own timestamp, and strftime costs ~4 µs.
+    """
+    sec, ms = divmod(epoch_ms, 1000)
+    cached_sec, prefix = _second_cache[0]
+    if sec != cached_sec:
+        prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache[0] = (sec, prefix)
+    return f"{prefix}{ms:03d}Z"
 
 
 def format_event_time(ts: datetime) -> str:

@@ -99,6 +99,7 @@ class RouteState:
     window: Window
     model: RouteModel | None = None
     baseline: Baseline | None = None
+    rule_reference: npt.NDArray[np.float64] | None = None
     fit_pending: bool = False
     admitted_since_fit: int = 0
     admitted_since_baseline: int = 0
@@ -179,7 +180,9 @@ class Detector:
         """Score ``rows`` (one route's, in arrival order), then learn the normal ones."""
         state = self._routes.touch(route)
         model = state.model
-        rule = self.rules.score(rows, state.baseline)
+        if state.rule_reference is None:
+            state.rule_reference = self.rules.reference(state.baseline)
+        rule = self.rules.score(rows, state.rule_reference)
         if model is not None:
             self._models.move_to_end(route)
             threshold = model.threshold
@@ -233,6 +236,7 @@ class Detector:
         refresh = BASELINE_REFRESH if state.model is None else self.params.refit_every
         if state.baseline is None or state.admitted_since_baseline >= refresh:
             state.baseline = Baseline.of(state.window.snapshot())
+            state.rule_reference = self.rules.reference(state.baseline)
             state.admitted_since_baseline = 0
         if state.fit_pending:
             return

@@ -39,7 +39,7 @@ def detector_params(settings: Settings) -> DetectorParams:
     return DetectorParams(
         n_features=3,
         history_max=settings.history_max,
-        min_history=settings.min_history,
+        min_history=settings.first_fit_after,
         refit_every=settings.refit_every,
         n_estimators=settings.n_estimators,
         max_samples=settings.max_samples,
@@ -94,50 +94,53 @@ class Engine:
         out: list[Verdict | None] = [None] * len(events)
         with self._lock:
             self.detector.install_completed()
-            for route, idx in groups.items():
-                sel = np.asarray(idx)
+        for route, idx in groups.items():
+            sel = np.asarray(idx)
+            # The lock is held per route, not per batch: another door (HTTP) waits for
+            # one route's scoring at most, never for a whole Kafka batch.
+            with self._lock:
                 s = self.detector.score_and_learn(route, rows[sel], learn=learn)
-                scores = s.scores.tolist()
-                flags = s.flags.tolist()
-                warming = s.warming_up
-                for j, i in enumerate(idx):
-                    e = events[i]
-                    flagged = flags[j]
-                    src = e.source
-                    out[i] = {
-                        "kind": "verdict",
-                        "schema_version": 1,
-                        "event_id": e.event_id,
-                        "route": route,
-                        "event_time": e.event_time,
-                        "scored_at": scored_at,
-                        "status": "THREAT_DETECTED" if flagged else "OK",
-                        "is_anomaly": flagged,
-                        "score": scores[j],
-                        "threshold": s.threshold,
-                        "detector": s.detector,
-                        "warming_up": warming,
-                        "model_version": s.model_version,
-                        "window_size": s.window_size,
-                        "explanation": (
-                            explain(
-                                raw[i],
-                                rows[i],
-                                s.baseline,
-                                self._cold_reference,
-                                s.detector,
-                                scores[j],
-                                s.threshold,
-                            )
-                            if flagged
-                            else NORMAL_EXPLANATION
-                        ),
-                        "source": (
-                            {"topic": src[0], "partition": src[1], "offset": src[2]}
-                            if src is not None
-                            else None
-                        ),
-                    }
+            scores = s.scores.tolist()
+            flags = s.flags.tolist()
+            warming = s.warming_up
+            for j, i in enumerate(idx):
+                e = events[i]
+                flagged = flags[j]
+                src = e.source
+                out[i] = {
+                    "kind": "verdict",
+                    "schema_version": 1,
+                    "event_id": e.event_id,
+                    "route": route,
+                    "event_time": e.event_time,
+                    "scored_at": scored_at,
+                    "status": "THREAT_DETECTED" if flagged else "OK",
+                    "is_anomaly": flagged,
+                    "score": scores[j],
+                    "threshold": s.threshold,
+                    "detector": s.detector,
+                    "warming_up": warming,
+                    "model_version": s.model_version,
+                    "window_size": s.window_size,
+                    "explanation": (
+                        explain(
+                            raw[i],
+                            rows[i],
+                            s.baseline,
+                            self._cold_reference,
+                            s.detector,
+                            scores[j],
+                            s.threshold,
+                        )
+                        if flagged
+                        else NORMAL_EXPLANATION
+                    ),
+                    "source": (
+                        {"topic": src[0], "partition": src[1], "offset": src[2]}
+                        if src is not None
+                        else None
+                    ),
+                }
         return out  # type: ignore[return-value]
 
     def close(self) -> None:

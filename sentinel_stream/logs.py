@@ -20,6 +20,29 @@ _LEVELS = {
 }
 
 
+class _ToStructlog(logging.Handler):
+    """Forwards librdkafka's log lines (via confluent-kafka's ``logger``) into structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = structlog.get_logger("librdkafka")
+        level = (
+            "error"
+            if record.levelno >= logging.ERROR
+            else ("warning" if record.levelno >= logging.WARNING else "info")
+        )
+        getattr(log, level)("librdkafka", message=record.getMessage())
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger handed to every Kafka client, so its lines are structured like ours."""
+    logger = logging.getLogger("sentinel_stream.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(_ToStructlog())
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:

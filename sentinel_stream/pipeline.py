@@ -192,8 +192,8 @@ class Pipeline:
         t0 = time.perf_counter()
         events: list[Event] = []
         bad: list[BadRecord] = []
-        track = self.checkpoint.track
         topic = self.settings.input_topic
+        last: dict[int, int] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -201,13 +201,10 @@ class Pipeline:
                     raise PipelineError(f"fatal consumer error: {err.str()}")
                 log.warning("consumer_error", error=err.str())
                 continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            last[partition] = offset
             rec = decode_record(
-                msg.key(),
-                msg.value(),
-                topic,
-                msg.partition() or 0,
-                msg.offset() or 0,
-                msg.timestamp()[1],
+                msg.key(), msg.value(), topic, partition, offset, msg.timestamp()[1]
             )
             (events if isinstance(rec, Event) else bad).append(rec)  # type: ignore[arg-type]
         t1 = time.perf_counter()
@@ -226,9 +223,9 @@ class Pipeline:
                 continue
             self._produce(self._out, v["route"].encode(), orjson.dumps(v), None)
             published += 1
-        for msg in msgs:
-            if msg.error() is None:
-                track(msg.partition() or 0, msg.offset() or 0)
+        # Only now, with their outputs produced, do the records count as processed.
+        for partition, offset in last.items():
+            self.checkpoint.track(partition, offset)
         t3 = time.perf_counter()
         self.status.records += len(msgs)
         m.records_consumed.inc(len(msgs))

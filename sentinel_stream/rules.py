@@ -59,8 +59,11 @@ class RuleScorer:
             return self._cold
         return np.where(self._use_p90, baseline.p90, baseline.median)
 
-    def score(self, rows: npt.NDArray[np.float32], baseline: Baseline | None) -> RuleResult:
-        dev = (rows.astype(np.float64) - self.reference(baseline)) / self._log_factor
+    def score(
+        self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]
+    ) -> RuleResult:
+        """Score rows against ``reference`` (from :meth:`reference`, cached by the caller)."""
+        dev = (rows.astype(np.float64) - reference) / self._log_factor
         scores = np.clip(dev.max(axis=1) / 2.0, 0.0, 1.0)
         return RuleResult(scores=scores, deviations=dev)
 

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from sentinel_stream.config import Settings
+from sentinel_stream.logs import kafka_logger
 
 _CONSUMER_FIXED = {"enable.auto.commit": "false", "enable.auto.offset.store": "false"}
 _PRODUCER_FIXED = {"enable.idempotence": "true", "acks": "all"}
@@ -33,6 +34,7 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     conf.update(settings.kafka_common())
     conf.update(extra)
     conf.update(_CONSUMER_FIXED)
+    conf["logger"] = kafka_logger()
     return conf
 
 
@@ -52,6 +54,7 @@ def producer_config(
     conf.update(_PRODUCER_FIXED)
     if on_delivery is not None:
         conf["on_delivery"] = on_delivery
+    conf["logger"] = kafka_logger()
     return conf
 
 
@@ -67,4 +70,5 @@ def make_producer(
 
 def make_admin(settings: Settings) -> AdminClient:
     conf: dict[str, Any] = dict(settings.kafka_common())
+    conf["logger"] = kafka_logger()
     return AdminClient(conf)

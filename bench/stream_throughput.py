@@ -1,0 +1,264 @@
+"""Stream throughput and produce-to-verdict latency, next to a pass-through ceiling.
+
+Not a test: it prints figures. Two consumers run the same two phases on a real broker,
+with the same librdkafka settings and the same commit cadence:
+
+- ``pipeline``: the real :class:`~sentinel_stream.pipeline.Pipeline` (decode, score,
+  explain, publish, commit);
+- ``pass-through``: consume, produce the same bytes, commit (the ceiling this machine
+  and these client settings allow).
+
+Phase 1 (throughput): ``--events`` events over ``--routes`` routes are pre-loaded into the
+input topic; the consumer starts and the rate is measured from the output records' own
+timestamps (first to last verdict). Phase 2 (latency): events are produced at ``--rate``
+for ``--seconds`` into the warmed consumer; the latency of each is the output record's
+timestamp minus the input record's (both stamped by producers on this machine).
+
+    python bench/stream_throughput.py --events 200000 --routes 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from sentinel_stream.checkpoint import Checkpoint
+from sentinel_stream.config import Settings
+from sentinel_stream.engine import Engine
+from sentinel_stream.kafka.clients import consumer_config, producer_config
+from sentinel_stream.metrics import Metrics
+from sentinel_stream.pipeline import Pipeline
+from sentinel_stream.synthetic import generate
+
+PARTITIONS = 6
+
+
+class PassThrough:
+    """Consume, produce the same bytes, commit: the same clients, no scoring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self.producer = Producer(producer_config(settings, None))
+        self.consumer = Consumer(consumer_config(settings))
+        self.checkpoint = Checkpoint(
+            self.consumer, self.producer, settings.input_topic, settings.commit_interval_ms / 1000
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        s = self.settings
+        self.consumer.subscribe([s.input_topic])
+        out = s.output_topic
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(s.batch_max, s.poll_timeout_ms / 1000)
+                for m in msgs:
+                    if m.error() is not None:
+                        continue
+                    while True:
+                        try:
+                            self.producer.produce(out, m.value(), m.key())
+                            break
+                        except BufferError:
+                            self.producer.poll(0.05)
+                    self.checkpoint.track(m.partition() or 0, m.offset() or 0)
+                self.producer.poll(0)
+                if self.checkpoint.due():
+                    self.checkpoint.commit()
+            self.checkpoint.commit()
+        finally:
+            self.consumer.close()
+
+
+def create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
+        f.result(30)
+
+
+def preload(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    t = time.perf_counter()
+    for i, e in enumerate(events):
+        e = {**e, "event_id": f"p{i}"}
+        while True:
+            try:
+                p.produce(topic, orjson.dumps(e), e["route"].encode())
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(120) == 0
+    return time.perf_counter() - t
+
+
+def end_count(bootstrap: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{uuid.uuid4().hex}"})
+    try:
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(PARTITIONS)
+        )
+    finally:
+        c.close()
+
+
+def read_timestamps(bootstrap: str, topic: str, want: int, timeout: float) -> dict[str, int]:
+    """event_id -> record timestamp (ms) of ``want`` records of ``topic``."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"rd-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    out: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < want and time.monotonic() < deadline:
+            for m in c.consume(5000, 0.5):
+                if m.error() is None:
+                    out[orjson.loads(m.value())["event_id"]] = m.timestamp()[1]
+    finally:
+        c.close()
+    return out
+
+
+def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_case(
+    name: str,
+    bootstrap: str,
+    make: Callable[[Settings], Any],
+    events: list[dict[str, Any]],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    s = Settings(  # type: ignore[call-arg]
+        kafka_bootstrap=bootstrap,
+        group_id=f"{prefix}-g",
+        input_topic=f"{prefix}.in",
+        output_topic=f"{prefix}.out",
+        dlq_topic=f"{prefix}.dlq",
+        refit_workers=1,
+    )
+    create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic])
+    preload(bootstrap, s.input_topic, events)
+    runner = make(s)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    n = len(events)
+    ok = wait_until(lambda: end_count(bootstrap, s.output_topic) >= n, 600)
+    stamps = read_timestamps(bootstrap, s.output_topic, n, 300)
+    ts = sorted(stamps.values())
+    throughput = (len(ts) - 1) / max((ts[-1] - ts[0]) / 1000.0, 1e-9) if len(ts) > 1 else 0.0
+    # Phase 2: paced load into the warmed consumer.
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    sent_at: dict[str, int] = {}
+    start = time.monotonic()
+    i = 0
+    total = int(rate * seconds)
+    while i < total and time.monotonic() - start < seconds + 5:
+        due = start + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        e = {**events[i % n], "event_id": f"l{i}"}
+        ms = int(time.time() * 1000)
+        p.produce(s.input_topic, orjson.dumps(e), e["route"].encode(), timestamp=ms)
+        p.poll(0)
+        sent_at[e["event_id"]] = ms
+        i += 1
+    p.flush(60)
+    wait_until(lambda: end_count(bootstrap, s.output_topic) >= n + len(sent_at), 120)
+    got = read_timestamps(bootstrap, s.output_topic, n + len(sent_at), 120)
+    lat = sorted(got[k] - v for k, v in sent_at.items() if k in got)
+    runner.stop()
+    thread.join(60)
+    if hasattr(runner, "engine"):
+        runner.engine.close()
+    return {
+        "case": name,
+        "events": n,
+        "complete": ok and len(stamps) == n,
+        "events_per_s": round(throughput),
+        "latency_events": len(lat),
+        "latency_rate_per_s": rate,
+        "p50_ms": statistics.median(lat) if lat else None,
+        "p99_ms": lat[int(0.99 * (len(lat) - 1))] if lat else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--routes", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=2000.0, help="events/s in the latency phase")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    ap.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS or a local broker")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    events = [le.event for le in generate(args.events, args.routes, 0.005, seed=1)]
+
+    def pipeline(s: Settings) -> Pipeline:
+        return Pipeline(s, Engine(s), Metrics())
+
+    def measure(bootstrap: str) -> list[dict[str, Any]]:
+        return [
+            run_case("pass-through", bootstrap, PassThrough, events, args.rate, args.seconds),
+            run_case("pipeline", bootstrap, pipeline, events, args.rate, args.seconds),
+        ]
+
+    if args.bootstrap:
+        rows = measure(args.bootstrap)
+    else:
+        from kafka_broker import broker_for_tests
+
+        with broker_for_tests() as bootstrap:
+            rows = measure(bootstrap)
+    base, ours = rows
+    ratio = ours["events_per_s"] / base["events_per_s"] if base["events_per_s"] else 0.0
+    if args.json:
+        print(json.dumps({"rows": rows, "ratio_to_pass_through": round(ratio, 3)}))
+        return 0
+    print(
+        f"stream throughput, {args.events:,} events over {args.routes} routes, "
+        f"{PARTITIONS} partitions"
+    )
+    print(
+        f"{'case':<14}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}  (latency at {args.rate:,.0f}/s)"
+    )
+    for r in rows:
+        print(f"{r['case']:<14}{r['events_per_s']:>12,}{r['p50_ms']!s:>10}{r['p99_ms']!s:>10}")
+    print(f"pipeline / pass-through throughput: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
