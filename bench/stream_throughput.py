@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sentinel_stream.checkpoint import Checkpoint
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
+from sentinel_stream.kafka.batching import next_batch
 from sentinel_stream.kafka.clients import consumer_config, producer_config
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.pipeline import Pipeline
@@ -68,7 +69,9 @@ class PassThrough:
         out = s.output_topic
         try:
             while not self._stop.is_set():
-                msgs = self.consumer.consume(s.batch_max, s.poll_timeout_ms / 1000)
+                msgs = next_batch(
+                    self.consumer, s.batch_max, s.poll_timeout_ms / 1000, s.batch_linger_ms / 1000
+                )
                 for m in msgs:
                     if m.error() is not None:
                         continue

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/system-deps.sh
 echo "== ruff"; .venv/bin/ruff check sentinel_stream tests bench
 echo "== mypy"; .venv/bin/mypy sentinel_stream
 echo "== pytest"; exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 
 import structlog
@@ -19,6 +20,7 @@ from aiohttp import web
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
 from sentinel_stream.forest import warm_up_kernel
+from sentinel_stream.forward import TelemetryForwarder
 from sentinel_stream.kafka.clients import make_admin
 from sentinel_stream.kafka.topics import ensure_topics
 from sentinel_stream.metrics import Metrics
@@ -41,6 +43,7 @@ class Service:
         )
         self.pipeline = Pipeline(settings, self.engine, self.metrics)
         self.error: str | None = None
+        self.forwarder: TelemetryForwarder | None = None
         self._done = threading.Event()
 
     def _run_pipeline(self) -> None:
@@ -64,7 +67,11 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        runner = web.AppRunner(make_app(self.engine, self.pipeline.status, self.metrics))
+        self.forwarder = TelemetryForwarder(s) if s.http_forward else None
+        app = make_app(
+            self.engine, self.pipeline.status, self.metrics, s.http_body_max, self.forwarder
+        )
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, s.host, s.port)
         await site.start()
@@ -74,8 +81,12 @@ class Service:
         try:
             while not self._done.is_set():
                 await asyncio.sleep(0.1)
+                if self.forwarder is not None:
+                    self.forwarder.poll()
         finally:
             await runner.cleanup()
+            if self.forwarder is not None:
+                self.forwarder.close()
             self.engine.close()
         thread.join(timeout=5)
         if self.error:
@@ -99,5 +110,14 @@ class Service:
             self._done.set()
 
 
+SWITCH_INTERVAL_S = 0.0005
+"""How long a thread may hold the GIL while another waits (Python's default is 5 ms).
+
+The HTTP event loop and the Kafka loop share one interpreter; with the default, an HTTP
+request arriving while the Kafka thread scores a batch can wait 5 ms for the GIL, more
+than once per request."""
+
+
 def run(settings: Settings) -> int:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return asyncio.run(Service(settings).serve())

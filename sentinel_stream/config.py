@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         int, Field(ge=256, description="largest accepted HTTP body, bytes")
     ] = 64 * 1024
 
+    http_forward: bool = Field(
+        True, description="produce /analyze-flow events to the input topic, so they train models"
+    )
+
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="bootstrap servers, host:port,...")
     group_id: str = Field("sentinel-stream", min_length=1, description="consumer group id")
@@ -71,6 +75,9 @@ class Settings(BaseSettings):
     poll_timeout_ms: Annotated[int, Field(ge=1, description="longest wait of one consume call")] = (
         100
     )
+    batch_linger_ms: Annotated[
+        int, Field(ge=0, le=1000, description="wait for more records after the first of a batch")
+    ] = 5
     commit_interval_ms: Annotated[
         int, Field(ge=10, description="how often processed offsets are committed")
     ] = 1000
@@ -104,6 +111,9 @@ class Settings(BaseSettings):
     refit_every: Annotated[
         int, Field(ge=1, description="new events in a route's window before a refit is due")
     ] = 250
+    refit_min_interval_s: Annotated[
+        float, Field(ge=0, description="least seconds between two refits of one route")
+    ] = 15.0
     refit_workers: Annotated[
         int, Field(ge=0, le=64, description="refit processes; 0 refits inline (tests, evaluate)")
     ] = 1

@@ -14,9 +14,11 @@ The policy, in the order a batch meets it:
    its traffic for about ``drift_events`` events, the shift is taken as the new normal
    and flagged rows are admitted again.
 3. **Refit off the hot path.** When a route has ``min_history`` rows (first fit) or
-   ``refit_every`` new ones since its last fit, it asks the :mod:`refit` scheduler for a
-   fit. The fit runs elsewhere; its result is installed whole, with a new version, at
-   the start of a later batch. A route has at most one fit queued or running.
+   ``refit_every`` new ones since its last fit (and at least ``refit_min_interval_s``
+   has passed: a busy route would otherwise ask for a fit every second), it asks the
+   :mod:`refit` scheduler for a fit. The fit runs elsewhere; its result is installed
+   whole, with a new version, at the start of a later batch. A route has at most one
+   fit queued or running.
 4. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
    quantile of its training rows' scores, never below ``score_floor``.
 5. **Bounded.** At most ``max_routes`` routes (least recently seen evicted) and
@@ -36,6 +38,7 @@ import numpy.typing as npt
 
 from sentinel_stream.baseline import Baseline
 from sentinel_stream.forest import CompiledForest
+from sentinel_stream.kernels import score_route
 from sentinel_stream.refit import FitRequest, Refitter, RequestFactory
 from sentinel_stream.rules import RULES_THRESHOLD, RuleScorer
 from sentinel_stream.window import RouteTable, Window
@@ -64,6 +67,8 @@ class DetectorParams:
     drift_events: int | None = None
     """Events of mostly-flagged traffic before a shift is learnt; default: history_max."""
     seed: int | None = None
+    refit_min_interval_s: float = 0.0
+    """Least time between two refits of one route: bounds refit CPU when routes are busy."""
     model_features: tuple[int, ...] | None = None
     """Columns the forest sees (default: all). Telemetry leaves ``errors`` to the rules:
     a count that is almost always 0 makes every rare single error look as isolated as an
@@ -105,6 +110,7 @@ class RouteState:
     admitted_since_baseline: int = 0
     flag_rate: float = 0.0
     versions: int = 0
+    last_fit_request: float = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,10 @@ class Detector:
             params.max_routes, self._new_state, self._on_evict
         )
         self._models: OrderedDict[str, None] = OrderedDict()
+        cols = params.model_features
+        self._cols = np.asarray(
+            cols if cols is not None else range(params.n_features), dtype=np.intp
+        )
         drift = params.drift_events or params.history_max
         self._drift_alpha = 1.0 / max(drift, 1)
 
@@ -171,6 +181,10 @@ class Detector:
     def models_trained(self) -> int:
         return len(self._models)
 
+    def rows_in_windows(self) -> int:
+        """Events held in all route windows (the older API's ``history_size``)."""
+        return sum(len(s.window) for _, s in self._routes.oldest_first())
+
     def route_state(self, route: str) -> RouteState | None:
         return self._routes.get(route)
 
@@ -182,25 +196,30 @@ class Detector:
         model = state.model
         if state.rule_reference is None:
             state.rule_reference = self.rules.reference(state.baseline)
-        rule = self.rules.score(rows, state.rule_reference)
         if model is not None:
             self._models.move_to_end(route)
             threshold = model.threshold
-            cols = self.params.model_features
-            model_scores = model.forest.score(rows if cols is None else rows[:, cols])
-            # The rules stay on as a floor: the obvious is flagged whatever the forest says.
-            scores = np.maximum(
-                model_scores, onto_threshold(rule.scores, RULES_THRESHOLD, threshold)
-            )
             detector, version = "isolation_forest", model.version
         else:
-            scores, threshold = rule.scores, RULES_THRESHOLD
+            threshold = RULES_THRESHOLD
             detector, version = "rules", None
+        # One compiled pass: rule deviations, the forest's score, and the rules kept on
+        # as a floor (the obvious is flagged whatever the forest says), see kernels.py.
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        scores, deviations = score_route(
+            rows,
+            state.rule_reference,
+            self.rules.log_factor,
+            model.forest if model is not None else None,
+            self._cols,
+            threshold,
+            RULES_THRESHOLD,
+        )
         flags = scores >= threshold
         scored = Scored(
             scores=scores,
             flags=flags,
-            rule_deviations=rule.deviations,
+            rule_deviations=deviations,
             threshold=threshold,
             detector=detector,
             model_version=version,
@@ -241,9 +260,16 @@ class Detector:
         if state.fit_pending:
             return
         first = state.model is None
-        if (first and size >= self.params.min_history) or (
-            not first and state.admitted_since_fit >= self.params.refit_every
-        ):
+        if first:
+            due = size >= self.params.min_history
+        else:
+            due = state.admitted_since_fit >= self.params.refit_every
+            if due and self.params.refit_min_interval_s > 0:
+                now = time.monotonic()
+                due = now - state.last_fit_request >= self.params.refit_min_interval_s
+        if due:
+            if self.params.refit_min_interval_s > 0:
+                state.last_fit_request = time.monotonic()
             state.fit_pending = True
             state.versions += 1
             self.refitter.submit(route, first, self._request_for(route, state))

@@ -14,14 +14,14 @@ building a pydantic model per event would cost more than scoring it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from sentinel_stream.config import Settings
-from sentinel_stream.decode import Event
+from sentinel_stream.decode import Event, iso_utc_ms
 from sentinel_stream.detector import Detector, DetectorParams
 from sentinel_stream.explain import NORMAL_EXPLANATION, explain
 from sentinel_stream.refit import InlineRefitter, ProcessRefitter, Refitter
@@ -31,8 +31,7 @@ Verdict = dict[str, Any]
 
 
 def now_iso() -> str:
-    dt = datetime.now(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return iso_utc_ms(int(time.time() * 1000))
 
 
 def detector_params(settings: Settings) -> DetectorParams:
@@ -48,6 +47,7 @@ def detector_params(settings: Settings) -> DetectorParams:
         max_routes=settings.max_routes,
         max_models=settings.max_models,
         seed=settings.seed,
+        refit_min_interval_s=settings.refit_min_interval_s if settings.refit_workers > 0 else 0.0,
         model_features=(0, 1),
     )
 

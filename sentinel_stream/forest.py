@@ -189,7 +189,13 @@ def fit_forest(
 
 
 def warm_up_kernel() -> None:
-    """Compile (or load from cache) the scoring kernel before the first event needs it."""
+    """Compile (or load from cache) the scoring kernels before the first event needs them."""
+    from sentinel_stream.kernels import score_route
+
     x: Any = np.zeros((4, 1), dtype=np.float32)
     forest, _ = fit_forest(np.arange(8, dtype=np.float32).reshape(-1, 1), 2, 4, 0)
     forest.score(x)
+    ones = np.ones(1)
+    cols = np.zeros(1, dtype=np.intp)
+    for model in (forest, None):
+        score_route(x, ones, ones, model, cols, 0.7, 0.5)

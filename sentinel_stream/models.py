@@ -120,3 +120,39 @@ DEAD_LETTER_HEADERS: tuple[str, ...] = (
     "sentinel.source.partition",
     "sentinel.source.offset",
 )
+
+
+class AnalyzeFlowResponse(BaseModel):
+    """``POST /analyze-flow``'s answer: the older API's fields, then additive ones."""
+
+    model_config = ConfigDict(title="AnalyzeFlowResponse")
+
+    status: Literal["OK", "THREAT_DETECTED"]
+    action: Literal["freeze"] | None = Field(None, description="THREAT_DETECTED only")
+    reason: str | None = Field(None, description="THREAT_DETECTED only: why, in words")
+    prediction_score: float | None = Field(None, ge=0, le=1, description="THREAT_DETECTED only")
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="THREAT_DETECTED only: 0.5 at the threshold, 1 far above"
+    )
+    event_id: str
+    score: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1)
+    detector: Literal["isolation_forest", "rules"]
+    warming_up: bool
+    model_version: int | None
+    explanation: Explanation
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the bad field; '(body)' for the whole body")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx answer of the HTTP API."""
+
+    model_config = ConfigDict(title="ErrorResponse")
+
+    error: str = Field(description="a short machine code")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)

@@ -28,6 +28,7 @@ from sentinel_stream.checkpoint import Checkpoint
 from sentinel_stream.config import Settings
 from sentinel_stream.decode import DETAIL_MAX, BadRecord, Event, decode_record
 from sentinel_stream.engine import Engine
+from sentinel_stream.kafka.batching import next_batch
 from sentinel_stream.kafka.clients import consumer_config, producer_config
 from sentinel_stream.metrics import Metrics
 
@@ -144,10 +145,11 @@ class Pipeline:
         self.status.running = True
         self.status.producer_ok = True
         timeout = s.poll_timeout_ms / 1000.0
+        linger = s.batch_linger_ms / 1000.0
         log.info("pipeline_started", topic=s.input_topic, group=s.group_id)
         try:
             while not self._stop.is_set():
-                msgs = self._consumer.consume(s.batch_max, timeout)
+                msgs = next_batch(self._consumer, s.batch_max, timeout, linger)
                 self.status.last_poll = time.monotonic()
                 self.metrics.last_poll.set_to_current_time()
                 if msgs:

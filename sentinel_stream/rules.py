@@ -50,7 +50,7 @@ class RuleScorer:
 
     def __init__(self, specs: tuple[RuleSpec, ...]) -> None:
         self.specs = specs
-        self._log_factor = np.array([math.log(s.factor) for s in specs])
+        self.log_factor = np.array([math.log(s.factor) for s in specs])
         self._cold = np.array([s.cold_typical for s in specs])
         self._use_p90 = np.array([s.reference == "p90" for s in specs])
 
@@ -63,7 +63,7 @@ class RuleScorer:
         self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]
     ) -> RuleResult:
         """Score rows against ``reference`` (from :meth:`reference`, cached by the caller)."""
-        dev = (rows.astype(np.float64) - reference) / self._log_factor
+        dev = (rows.astype(np.float64) - reference) / self.log_factor
         scores = np.clip(dev.max(axis=1) / 2.0, 0.0, 1.0)
         return RuleResult(scores=scores, deviations=dev)
 

@@ -1,24 +1,33 @@
-"""The HTTP side server: liveness, readiness and metrics, in the consumer's process.
+"""The HTTP side server: the older API, liveness, readiness, metrics, OpenAPI.
 
 Liveness (``/health``) answers 200 while the process can serve and the consumer loop is
-not stuck: a loop that has not polled for ``STUCK_AFTER_S`` seconds while running is
-reported as ``stuck`` with 503, so an orchestrator restarts it. A loop that polls and
-finds nothing is healthy: an idle consumer is waiting for traffic, not stuck.
-Readiness (``/ready``) is 200 only when partitions are assigned and the producer works.
+not stuck: a loop that is running but has not polled for ``STUCK_AFTER_S`` seconds, or
+that failed, answers 503, so an orchestrator restarts it. A loop that polls and finds
+nothing is healthy: an idle consumer is waiting for traffic, not stuck. Readiness
+(``/ready``) is 200 only when partitions are assigned and the producer works.
+
+Every answer is JSON (but ``/metrics``), errors included: a middleware turns aiohttp's
+404/405/413 into the same error shape as the API's own, and counts every request by
+endpoint (one of the server's routes, else ``other``) and status.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sentinel_stream import __version__
+from sentinel_stream.analyze import AnalyzeFlow, error_response
 from sentinel_stream.engine import Engine
+from sentinel_stream.forward import TelemetryForwarder
 from sentinel_stream.metrics import Metrics
+from sentinel_stream.openapi import openapi_document
 from sentinel_stream.pipeline import PipelineStatus
 
 STUCK_AFTER_S = 60.0
@@ -26,9 +35,14 @@ STUCK_AFTER_S = 60.0
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 STATUS: web.AppKey[PipelineStatus] = web.AppKey("status", PipelineStatus)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+
+ENDPOINTS = frozenset({"/analyze-flow", "/health", "/ready", "/metrics", "/openapi.json"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _consumer_state(status: PipelineStatus, now: float) -> tuple[str, float | None]:
+def consumer_state(status: PipelineStatus, now: float) -> tuple[str, float | None]:
     since = now - status.last_poll if status.last_poll else None
     if status.error:
         return "failed", since
@@ -42,13 +56,13 @@ def _consumer_state(status: PipelineStatus, now: float) -> tuple[str, float | No
 async def health(request: web.Request) -> web.Response:
     engine, status = request.app[ENGINE], request.app[STATUS]
     d = engine.detector
-    state, since = _consumer_state(status, time.monotonic())
-    healthy = state in ("running", "stopped") and not status.error
+    state, since = consumer_state(status, time.monotonic())
+    healthy = state in ("running", "stopped")
     body: dict[str, Any] = {
         "status": "healthy" if healthy else "unhealthy",
         "timestamp": datetime.now(UTC).isoformat(),
         "version": __version__,
-        "history_size": sum(len(s.window) for _, s in d._routes.oldest_first()),
+        "history_size": d.rows_in_windows(),
         "detector_trained": d.models_trained > 0,
         "components": {
             "consumer": {
@@ -88,12 +102,45 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(engine: Engine, status: PipelineStatus, metrics_: Metrics) -> web.Application:
-    app = web.Application()
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+@web.middleware
+async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    endpoint = path if path in ENDPOINTS else "other"
+    try:
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(413, "too_large", "the body is too large")
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here"
+        )
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+    except web.HTTPException as exc:
+        response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    request.app[METRICS].http_requests.labels(endpoint, str(response.status)).inc()
+    return response
+
+
+def make_app(
+    engine: Engine,
+    status: PipelineStatus,
+    metrics_: Metrics,
+    body_max: int = 64 * 1024,
+    forwarder: TelemetryForwarder | None = None,
+) -> web.Application:
+    # client_max_size a little above the API's limit so the handler answers 413 itself.
+    app = web.Application(middlewares=[json_errors_and_metrics], client_max_size=body_max + 1024)
     app[ENGINE] = engine
     app[STATUS] = status
     app[METRICS] = metrics_
+    app[OPENAPI] = orjson.dumps(openapi_document())
+    app.router.add_post("/analyze-flow", AnalyzeFlow(engine, body_max, forwarder))
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     return app

@@ -1,0 +1,24 @@
+"""Fetching a batch: full batches under load, low latency when traffic is light.
+
+``Consumer.consume(n, timeout)`` waits until it has ``n`` records or the timeout
+expires, so at low rates every record would wait the whole timeout. Instead: take what
+is already fetched at once; if nothing is, wait for the first record (``poll``), then
+linger a few milliseconds for the records right behind it, so that a trickle of
+events is still scored in small batches rather than one by one.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer, Message
+
+
+def next_batch(consumer: Consumer, batch_max: int, timeout: float, linger: float) -> list[Message]:
+    msgs = consumer.consume(batch_max, 0)
+    if msgs:
+        return msgs
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if batch_max == 1:
+        return [first]
+    return [first, *consumer.consume(batch_max - 1, linger)]
