@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from sentinel_stream.decode import Event, describe_validation, format_event_time
 from sentinel_stream.engine import Engine, now_iso
-from sentinel_stream.forward import TelemetryForwarder
+from sentinel_stream.llm import Explainer, ExplainRequest
 from sentinel_stream.models import TelemetryEvent
 
 JSON_TYPES = ("application/json",)
@@ -76,13 +77,27 @@ def to_response(verdict: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-class AnalyzeFlow:
-    """The handler, with what it needs: the engine, a body limit, an optional forwarder."""
+Forward = Callable[[str, bytes], object]
+"""Sends an event (route, JSON bytes) to the input topic."""
 
-    def __init__(self, engine: Engine, body_max: int, forwarder: TelemetryForwarder | None) -> None:
+
+class AnalyzeFlow:
+    """The handler, with what it needs: the engine, a body limit, and optionally a way to
+    forward events to the input topic and an LLM explainer with a time budget."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        body_max: int,
+        forward: Forward | None = None,
+        explainer: Explainer | None = None,
+        llm_budget_s: float = 1.0,
+    ) -> None:
         self.engine = engine
         self.body_max = body_max
-        self.forwarder = forwarder
+        self.forward = forward
+        self.explainer = explainer
+        self.llm_budget_s = llm_budget_s
         self._id_prefix = f"http-{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
 
@@ -123,7 +138,7 @@ class AnalyzeFlow:
         )
         # Never learnt here: with forwarding on, the Kafka loop learns the event once.
         verdict = self.engine.process([ev], learn=False)[0]
-        if self.forwarder is not None:
+        if self.forward is not None:
             fields: dict[str, Any] = {
                 "latency": ev.latency,
                 "input_length": ev.input_length,
@@ -134,10 +149,16 @@ class AnalyzeFlow:
             }
             if event.user_id is not None:
                 fields["user_id"] = event.user_id
-            self.forwarder.forward(ev.route, orjson.dumps(fields))
-        return web.Response(
-            body=orjson.dumps(to_response(verdict)), content_type="application/json"
-        )
+            self.forward(ev.route, orjson.dumps(fields))
+        answer = to_response(verdict)
+        if verdict["is_anomaly"] and self.explainer is not None and self.llm_budget_s > 0:
+            text = await self.explainer.explain_now(
+                ExplainRequest.from_verdict(verdict), self.llm_budget_s
+            )
+            if text is not None:
+                answer["reason"] = text
+                answer["reason_source"] = "llm"
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     def _too_large(self) -> web.Response:
         return error_response(413, "too_large", f"the body is larger than {self.body_max} bytes")

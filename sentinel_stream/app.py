@@ -14,15 +14,17 @@ import signal
 import sys
 import threading
 
+import orjson
 import structlog
 from aiohttp import web
 
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
 from sentinel_stream.forest import warm_up_kernel
-from sentinel_stream.forward import TelemetryForwarder
+from sentinel_stream.forward import SideProducer
 from sentinel_stream.kafka.clients import make_admin
 from sentinel_stream.kafka.topics import ensure_topics
+from sentinel_stream.llm import Breaker, ChatBackend, Explainer, ExplainRequest
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.pipeline import Pipeline, PipelineError, describe
 from sentinel_stream.server import make_app
@@ -41,10 +43,45 @@ class Service:
         self.metrics.watch_detector(
             self.engine.detector, lambda: refitter.queued + refitter.running
         )
-        self.pipeline = Pipeline(settings, self.engine, self.metrics)
+        self.side = SideProducer(settings)
+        self.explainer = self._make_explainer(settings) if settings.llm_configured else None
+        explainer = self.explainer
+        self.pipeline = Pipeline(
+            settings,
+            self.engine,
+            self.metrics,
+            on_anomaly=(
+                (lambda v: explainer.submit_threadsafe(ExplainRequest.from_verdict(v)))
+                if explainer is not None
+                else None
+            ),
+        )
         self.error: str | None = None
-        self.forwarder: TelemetryForwarder | None = None
         self._done = threading.Event()
+
+    def _make_explainer(self, s: Settings) -> Explainer:
+        assert s.ollama_host and s.ollama_model
+        backend = ChatBackend(
+            s.llm_api,
+            s.ollama_host,
+            s.ollama_model,
+            s.llm_api_key.get_secret_value() if s.llm_api_key else None,
+            s.llm_max_tokens,
+        )
+        out = s.output_topic
+        side = self.side
+        explainer = Explainer(
+            backend,
+            lambda record: side.send(out, record["route"], orjson.dumps(record)),
+            timeout_s=s.llm_timeout_s,
+            concurrency=s.llm_concurrency,
+            queue_max=s.llm_queue_max,
+            cache_max=s.llm_cache_max,
+            breaker=Breaker(s.llm_breaker_failures, s.llm_breaker_reset_s),
+            observe_seconds=self.metrics.llm_seconds.observe,
+        )
+        self.metrics.watch_explainer(explainer)
+        return explainer
 
     def _run_pipeline(self) -> None:
         try:
@@ -67,9 +104,17 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        self.forwarder = TelemetryForwarder(s) if s.http_forward else None
+        if self.explainer is not None:
+            await self.explainer.start()
+        side, topic = self.side, s.input_topic
         app = make_app(
-            self.engine, self.pipeline.status, self.metrics, s.http_body_max, self.forwarder
+            self.engine,
+            self.pipeline.status,
+            self.metrics,
+            s.http_body_max,
+            (lambda route, value: side.send(topic, route, value)) if s.http_forward else None,
+            self.explainer,
+            s.llm_http_budget_s,
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -81,12 +126,12 @@ class Service:
         try:
             while not self._done.is_set():
                 await asyncio.sleep(0.1)
-                if self.forwarder is not None:
-                    self.forwarder.poll()
+                self.side.poll()
         finally:
             await runner.cleanup()
-            if self.forwarder is not None:
-                self.forwarder.close()
+            if self.explainer is not None:
+                await self.explainer.close()
+            self.side.close()
             self.engine.close()
         thread.join(timeout=5)
         if self.error:

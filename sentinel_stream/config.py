@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KAFKA_OPT_PREFIX = "SENTINEL_KAFKA_OPT_"
@@ -139,6 +139,29 @@ class Settings(BaseSettings):
         description="LLM model name (OLLAMA_MODEL)",
     )
 
+    llm_api: Literal["ollama", "openai"] = Field(
+        "ollama", description="the LLM server's API: Ollama's, or OpenAI-compatible"
+    )
+    llm_api_key: SecretStr | None = Field(None, description="bearer token for the LLM API")
+    llm_timeout_s: Annotated[float, Field(gt=0, description="longest LLM call")] = 10.0
+    llm_concurrency: Annotated[int, Field(ge=1, le=64, description="LLM calls at once")] = 2
+    llm_queue_max: Annotated[
+        int, Field(ge=1, description="anomalies waiting for the LLM; more are skipped, counted")
+    ] = 100
+    llm_cache_max: Annotated[int, Field(ge=0, description="explanations cached by signature")] = (
+        1000
+    )
+    llm_breaker_failures: Annotated[
+        int, Field(ge=1, description="failures in a row that open the LLM circuit breaker")
+    ] = 5
+    llm_breaker_reset_s: Annotated[
+        float, Field(gt=0, description="seconds the breaker stays open before a trial call")
+    ] = 30.0
+    llm_http_budget_s: Annotated[
+        float, Field(ge=0, le=2, description="how long /analyze-flow waits for the LLM")
+    ] = 1.0
+    llm_max_tokens: Annotated[int, Field(ge=8, le=2048, description="LLM answer length")] = 120
+
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["auto", "json", "console"] = Field(
@@ -159,6 +182,10 @@ class Settings(BaseSettings):
     def first_fit_after(self) -> int:
         """Events before a route's first model (SENTINEL_MIN_HISTORY, resolved)."""
         return self.min_history if self.min_history is not None else min(128, self.history_max)
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.ollama_host and self.ollama_model)
 
     def kafka_common(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """The librdkafka settings every client gets: bootstrap, then the file, then variables."""

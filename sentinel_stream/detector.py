@@ -300,6 +300,37 @@ class Detector:
 
         return make
 
+    def attribute(self, route: str, row: Rows) -> npt.NDArray[np.float64] | None:
+        """How much each feature made ``row`` anomalous, by the scorer that judged it.
+
+        For each feature, the score is recomputed with that feature alone set to the
+        route's typical value (its median; the cold reference without history), by the
+        same compiled scorer (forest and rules). The drop in score is the feature's
+        share: a feature that did not matter to the verdict gets 0. Returns None when
+        no single feature lowers the score (an anomaly only the combination makes).
+        """
+        state = self._routes.get(route)
+        if state is None or state.rule_reference is None:
+            return None
+        typical = state.baseline.median if state.baseline is not None else state.rule_reference
+        n = row.shape[-1]
+        variants = np.repeat(np.asarray(row, dtype=np.float32).reshape(1, n), n + 1, axis=0)
+        for f in range(n):
+            variants[f + 1, f] = typical[f]
+        model = state.model
+        scores, _ = score_route(
+            variants,
+            state.rule_reference,
+            self.rules.log_factor,
+            model.forest if model is not None else None,
+            self._cols,
+            model.threshold if model is not None else RULES_THRESHOLD,
+            RULES_THRESHOLD,
+        )
+        drop = np.maximum(scores[0] - scores[1:], 0.0)
+        total = float(drop.sum())
+        return drop / total if total > 0 else None
+
     # -- models ------------------------------------------------------------------------
 
     def install_completed(self) -> int:

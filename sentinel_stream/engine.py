@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from sentinel_stream.config import Settings
 from sentinel_stream.decode import Event, iso_utc_ms
-from sentinel_stream.detector import Detector, DetectorParams
+from sentinel_stream.detector import Detector, DetectorParams, Scored
 from sentinel_stream.explain import NORMAL_EXPLANATION, explain
 from sentinel_stream.refit import InlineRefitter, ProcessRefitter, Refitter
 from sentinel_stream.rules import telemetry_rules
@@ -123,15 +124,7 @@ class Engine:
                     "model_version": s.model_version,
                     "window_size": s.window_size,
                     "explanation": (
-                        explain(
-                            raw[i],
-                            rows[i],
-                            s.baseline,
-                            self._cold_reference,
-                            s.detector,
-                            scores[j],
-                            s.threshold,
-                        )
+                        self._explain(route, raw[i], rows[i], s, scores[j])
                         if flagged
                         else NORMAL_EXPLANATION
                     ),
@@ -142,6 +135,20 @@ class Engine:
                     ),
                 }
         return out  # type: ignore[return-value]
+
+    def _explain(
+        self,
+        route: str,
+        raw: npt.NDArray[np.float64],
+        row: npt.NDArray[np.float32],
+        s: Scored,
+        score: float,
+    ) -> dict[str, Any]:
+        with self._lock:
+            weights = self.detector.attribute(route, row)
+        return explain(
+            raw, row, s.baseline, self._cold_reference, s.detector, score, s.threshold, weights
+        )
 
     def close(self) -> None:
         self.detector.refitter.close()

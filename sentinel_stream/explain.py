@@ -29,8 +29,14 @@ NORMAL_EXPLANATION: dict[str, Any] = {
 _UNITS = {"latency": " ms", "input_length": "", "errors": ""}
 _MOVED = 1.0
 """A feature counts as moved when it is this many typical spreads from the median."""
-_STANDOUT = 3.0
-"""Below this many spreads on every feature, the anomaly is a combination of moderate moves."""
+_DOMINANT = 0.6
+"""With several features moved and none carrying this share, the reason is the combination."""
+_CATEGORY = {
+    # The older service's reasons, named by the feature that carries the anomaly.
+    "latency": "high latency",
+    "errors": "high error rate",
+    "input_length": "excessive input size",
+}
 
 
 def _fmt(value: float) -> str:
@@ -44,15 +50,23 @@ def attributions(
     transformed: npt.NDArray[np.float32],
     baseline: Baseline | None,
     cold_reference: npt.NDArray[np.float64],
+    weights: npt.NDArray[np.float64] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-feature attribution dicts for one event (value, typical, direction, weight)."""
+    """Per-feature attribution dicts for one event (value, typical, direction, weight).
+
+    ``weights`` come from :meth:`Detector.attribute` (how much the score drops when the
+    feature is set to typical); without them, each feature's distance from the median
+    in typical spreads is used.
+    """
     if baseline is not None:
         median, spread = baseline.median, baseline.spread
     else:
         median, spread = cold_reference, np.ones_like(cold_reference)
     z = (transformed.astype(np.float64) - median) / spread
     mag = np.abs(z)
-    total = float(mag.sum())
+    if weights is None:
+        total = float(mag.sum())
+        weights = mag / total if total > 0 else np.zeros_like(mag)
     out = []
     for f, name in enumerate(FEATURES):
         direction = "typical" if mag[f] < _MOVED else ("high" if z[f] > 0 else "low")
@@ -62,7 +76,7 @@ def attributions(
                 "value": float(raw[f]),
                 "typical": round(math.expm1(float(median[f])), 3) if baseline is not None else None,
                 "direction": direction,
-                "weight": round(float(mag[f]) / total, 4) if total > 0 else 0.0,
+                "weight": round(float(weights[f]), 4),
             }
         )
     return out
@@ -83,7 +97,8 @@ def rule_text(
             if a["direction"] == "high"
         ]
         moved = ", ".join(parts) or "this event"
-        return f"{moved} exceeds the cold-start limits; this route has no history yet"
+        verb = "exceed" if len(parts) > 1 else "exceeds"
+        return f"{moved} {verb} the cold-start limits; this route has no history yet"
     parts = []
     ranked = sorted(range(len(attrs)), key=lambda f: -attrs[f]["weight"])
     for f in ranked:
@@ -113,11 +128,14 @@ def rule_text(
             f"unusual combination of otherwise typical values "
             f"(score {score:.2f} >= threshold {threshold:.2f}, {detector})"
         )
-    strongest = max(abs(a["weight"]) for a in attrs)
-    text = "; ".join(parts)
-    if len(parts) > 1 and strongest < 0.6:
-        text = "unusual combination: " + text
-    return text
+    top = attrs[ranked[0]]
+    if len(parts) > 1 and top["weight"] < _DOMINANT:
+        category = "unusual combination"
+    elif top["direction"] == "low":
+        category = f"unusually low {top['feature'].replace('_', ' ')}"
+    else:
+        category = _CATEGORY[top["feature"]]
+    return f"{category}: " + "; ".join(parts)
 
 
 def explain(
@@ -128,9 +146,10 @@ def explain(
     detector: str,
     score: float,
     threshold: float,
+    weights: npt.NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """The ``explanation`` object of an anomaly verdict."""
-    attrs = attributions(raw, transformed, baseline, cold_reference)
+    attrs = attributions(raw, transformed, baseline, cold_reference, weights)
     return {
         "source": "rules",
         "text": rule_text(attrs, baseline, detector, score, threshold),

@@ -1,9 +1,12 @@
-"""HTTP events are telemetry too: they are produced to the input topic, keyed by route.
+"""Fire-and-forget records from the server's side: forwarded HTTP events, LLM explanations.
 
-So a caller who only uses HTTP still trains its routes' models: the Kafka loop learns
-from these events as from any other (and publishes their verdicts). Forwarding never
-holds up an HTTP answer: produce is asynchronous, a full local queue drops the event and
-counts it, and a delivery failure is counted and logged.
+HTTP events are telemetry too: they are produced to the input topic, keyed by route, so
+a caller who only uses HTTP still trains its routes' models (the Kafka loop learns them
+as any other event, and publishes their verdicts). LLM explanations follow their
+verdicts on the output topic. Neither may hold anything up: produce is asynchronous, a
+full local queue drops the record and counts it, a delivery failure is counted and
+logged. (Verdicts and dead letters do not come this way: the pipeline's own producer
+and checkpoint give them at-least-once delivery.)
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ from sentinel_stream.kafka.clients import producer_config
 log = structlog.get_logger("sentinel_stream.forward")
 
 
-class TelemetryForwarder:
-    """Produces HTTP events to the input topic, fire-and-forget with counted failures."""
+class SideProducer:
+    """Produces records keyed by route, never blocking, with counted failures."""
 
     def __init__(self, settings: Settings) -> None:
-        self._topic = settings.input_topic
         self._producer = Producer(producer_config(settings, self._on_delivery))
         self.dropped = 0
         self.failed = 0
@@ -29,12 +31,12 @@ class TelemetryForwarder:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failed += 1
-            log.warning("forward_failed", error=err.str())
+            log.warning("side_produce_failed", topic=msg.topic(), error=err.str())
 
-    def forward(self, route: str, value: bytes) -> bool:
-        """Queue one event; False (and counted) when the producer's queue is full."""
+    def send(self, topic: str, route: str, value: bytes) -> bool:
+        """Queue one record; False (and counted) when the producer's queue is full."""
         try:
-            self._producer.produce(self._topic, value, route.encode())
+            self._producer.produce(topic, value, route.encode())
         except BufferError:
             self.dropped += 1
             return False

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sentinel_stream.detector import Detector
+from sentinel_stream.llm import Explainer
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LAG = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -91,6 +92,12 @@ class Metrics:
             buckets=_FIT,
             registry=r,
         )
+        self.llm_seconds = Histogram(
+            "sentinel_llm_call_duration_seconds",
+            "LLM explanation calls",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.http_requests = Counter(
             "sentinel_http_requests", "HTTP requests", ["endpoint", "status"], registry=r
         )
@@ -98,6 +105,9 @@ class Metrics:
     def watch_detector(self, detector: Detector, refits_pending: Callable[[], int]) -> None:
         """Export the detector's own counters and gauges, read at scrape time."""
         self.registry.register(_DetectorCollector(detector, refits_pending))
+
+    def watch_explainer(self, explainer: Explainer) -> None:
+        self.registry.register(_ExplainerCollector(explainer))
 
     def drain_fit_seconds(self, detector: Detector) -> None:
         """Move fit durations recorded by the detector into the histogram."""
@@ -148,3 +158,37 @@ class _DetectorCollector(Collector):
         yield CounterMetricFamily(
             "sentinel_events_learned", "events admitted to route windows", value=st.rows_admitted
         )
+
+
+_BREAKER = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _ExplainerCollector(Collector):
+    def __init__(self, explainer: Explainer) -> None:
+        self._e = explainer
+
+    def collect(self) -> Iterable[Metric]:
+        e, st = self._e, self._e.stats
+        calls = CounterMetricFamily(
+            "sentinel_llm_calls", "LLM calls by backend and outcome", labels=["backend", "outcome"]
+        )
+        for (backend, outcome), n in sorted(st.calls.items()):
+            calls.add_metric([backend, outcome], n)
+        yield calls
+        yield CounterMetricFamily(
+            "sentinel_llm_cache_hits", "anomalies explained from the cache", value=st.cache_hits
+        )
+        yield CounterMetricFamily(
+            "sentinel_llm_queue_dropped",
+            "anomalies skipped: LLM queue full",
+            value=st.queue_dropped,
+        )
+        yield CounterMetricFamily(
+            "sentinel_llm_explanations_published", "explanation records", value=st.published
+        )
+        yield GaugeMetricFamily("sentinel_llm_queue_depth", "anomalies waiting", value=e.queued)
+        breaker = GaugeMetricFamily(
+            "sentinel_llm_breaker_state", "0 closed, 1 half-open, 2 open", labels=["backend"]
+        )
+        breaker.add_metric([e.backend.api], _BREAKER[e.breaker.state])
+        yield breaker

@@ -130,6 +130,9 @@ class AnalyzeFlowResponse(BaseModel):
     status: Literal["OK", "THREAT_DETECTED"]
     action: Literal["freeze"] | None = Field(None, description="THREAT_DETECTED only")
     reason: str | None = Field(None, description="THREAT_DETECTED only: why, in words")
+    reason_source: Literal["llm"] | None = Field(
+        None, description="'llm' when the reason is the LLM's (else the rule text)"
+    )
     prediction_score: float | None = Field(None, ge=0, le=1, description="THREAT_DETECTED only")
     confidence: float | None = Field(
         None, ge=0, le=1, description="THREAT_DETECTED only: 0.5 at the threshold, 1 far above"

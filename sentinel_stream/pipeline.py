@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,13 @@ class PipelineStatus:
 class Pipeline:
     """Consumes telemetry, publishes verdicts and dead letters, commits what is done."""
 
-    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        metrics: Metrics,
+        on_anomaly: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
@@ -75,6 +82,8 @@ class Pipeline:
         self._out = settings.output_topic
         self._dlq = settings.dlq_topic
         self._anomalies_only = settings.anomalies_only
+        self._on_anomaly = on_anomaly
+        """Called with each anomaly verdict after it is produced (the LLM explainer)."""
 
     # -- callbacks (run inside consume/poll/flush, on this thread) -----------------------
 
@@ -219,12 +228,14 @@ class Pipeline:
         published = 0
         anomalies: dict[str, int] = {}
         for v in verdicts:
-            if v["is_anomaly"]:
-                anomalies[v["detector"]] = anomalies.get(v["detector"], 0) + 1
-            elif self._anomalies_only:
+            if not v["is_anomaly"] and self._anomalies_only:
                 continue
             self._produce(self._out, v["route"].encode(), orjson.dumps(v), None)
             published += 1
+            if v["is_anomaly"]:
+                anomalies[v["detector"]] = anomalies.get(v["detector"], 0) + 1
+                if self._on_anomaly is not None:
+                    self._on_anomaly(v)
         # Only now, with their outputs produced, do the records count as processed.
         for partition, offset in last.items():
             self.checkpoint.track(partition, offset)

@@ -23,9 +23,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sentinel_stream import __version__
-from sentinel_stream.analyze import AnalyzeFlow, error_response
+from sentinel_stream.analyze import AnalyzeFlow, Forward, error_response
 from sentinel_stream.engine import Engine
-from sentinel_stream.forward import TelemetryForwarder
+from sentinel_stream.llm import Explainer
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.openapi import openapi_document
 from sentinel_stream.pipeline import PipelineStatus
@@ -130,7 +130,9 @@ def make_app(
     status: PipelineStatus,
     metrics_: Metrics,
     body_max: int = 64 * 1024,
-    forwarder: TelemetryForwarder | None = None,
+    forward: Forward | None = None,
+    explainer: Explainer | None = None,
+    llm_budget_s: float = 1.0,
 ) -> web.Application:
     # client_max_size a little above the API's limit so the handler answers 413 itself.
     app = web.Application(middlewares=[json_errors_and_metrics], client_max_size=body_max + 1024)
@@ -138,7 +140,9 @@ def make_app(
     app[STATUS] = status
     app[METRICS] = metrics_
     app[OPENAPI] = orjson.dumps(openapi_document())
-    app.router.add_post("/analyze-flow", AnalyzeFlow(engine, body_max, forwarder))
+    app.router.add_post(
+        "/analyze-flow", AnalyzeFlow(engine, body_max, forward, explainer, llm_budget_s)
+    )
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
