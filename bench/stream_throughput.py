@@ -20,6 +20,7 @@ timestamp minus the input record's (both stamped by producers on this machine).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -226,17 +227,48 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     ap.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS or a local broker")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--llm-hang",
+        action="store_true",
+        help="also run the pipeline with an LLM configured that never answers",
+    )
     args = ap.parse_args()
     events = [le.event for le in generate(args.events, args.routes, 0.005, seed=1)]
 
     def pipeline(s: Settings) -> Pipeline:
         return Pipeline(s, Engine(s), Metrics())
 
+    def pipeline_llm_hang(s: Settings) -> Pipeline:
+        """The pipeline with its anomalies handed to an LLM server that never answers."""
+        from llm_standins import StandIn
+
+        from sentinel_stream.llm import ChatBackend, Explainer, ExplainRequest
+
+        server = StandIn("hang").start()
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        backend = ChatBackend("openai", server.url, "hang", None, 60)
+        explainer = Explainer(backend, lambda record: None, timeout_s=s.llm_timeout_s)
+        asyncio.run_coroutine_threadsafe(explainer.start(), loop).result(10)
+        return Pipeline(
+            s,
+            Engine(s),
+            Metrics(),
+            on_anomaly=lambda v: explainer.submit_threadsafe(ExplainRequest.from_verdict(v)),
+        )
+
     def measure(bootstrap: str) -> list[dict[str, Any]]:
-        return [
+        rows = [
             run_case("pass-through", bootstrap, PassThrough, events, args.rate, args.seconds),
             run_case("pipeline", bootstrap, pipeline, events, args.rate, args.seconds),
         ]
+        if args.llm_hang:
+            rows.append(
+                run_case(
+                    "llm-hanging", bootstrap, pipeline_llm_hang, events, args.rate, args.seconds
+                )
+            )
+        return rows
 
     if args.bootstrap:
         rows = measure(args.bootstrap)
@@ -245,10 +277,23 @@ def main() -> int:
 
         with broker_for_tests() as bootstrap:
             rows = measure(bootstrap)
-    base, ours = rows
+    base, ours = rows[0], rows[1]
     ratio = ours["events_per_s"] / base["events_per_s"] if base["events_per_s"] else 0.0
+    hang_ratio = (
+        rows[2]["events_per_s"] / ours["events_per_s"]
+        if len(rows) > 2 and ours["events_per_s"]
+        else None
+    )
     if args.json:
-        print(json.dumps({"rows": rows, "ratio_to_pass_through": round(ratio, 3)}))
+        print(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "ratio_to_pass_through": round(ratio, 3),
+                    "llm_hanging_ratio_to_pipeline": hang_ratio,
+                }
+            )
+        )
         return 0
     print(
         f"stream throughput, {args.events:,} events over {args.routes} routes, "
@@ -260,6 +305,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['case']:<14}{r['events_per_s']:>12,}{r['p50_ms']!s:>10}{r['p99_ms']!s:>10}")
     print(f"pipeline / pass-through throughput: {ratio:.2f}")
+    if hang_ratio is not None:
+        print(f"pipeline with a hanging LLM / pipeline without: {hang_ratio:.2f}")
     return 0
 
 

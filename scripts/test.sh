@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/system-deps.sh
+bash scripts/llm-server.sh install   # the real model server of the LLM tests (cached build)
 echo "== ruff"; .venv/bin/ruff check sentinel_stream tests bench
 echo "== mypy"; .venv/bin/mypy sentinel_stream
 echo "== pytest"; exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
