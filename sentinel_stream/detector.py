@@ -11,17 +11,20 @@ The policy, in the order a batch meets it:
    warm-up rules while it has none); only then are the rows added to its window.
 2. **Flagged rows do not teach.** Rows flagged as anomalous stay out of the window, so a
    burst of attacks is not learnt as normal. If a route keeps flagging more than half of
-   its traffic for about ``drift_events`` events, the shift is taken as the new normal
-   and flagged rows are admitted again.
-3. **Refit off the hot path.** When a route has ``min_history`` rows (first fit) or
+   its traffic for long (``drift_events``, default five windows), the shift is taken as
+   the new normal and flagged rows are admitted again.
+3. **Long memory.** Beside the recent window, a uniform sample of all admitted rows
+   (a reservoir, ``long_memory`` rows); models are fit on both, so what normal looked
+   like before a long burst or a slow drift is not forgotten.
+4. **Refit off the hot path.** When a route has ``min_history`` rows (first fit) or
    ``refit_every`` new ones since its last fit (and at least ``refit_min_interval_s``
    has passed: a busy route would otherwise ask for a fit every second), it asks the
    :mod:`refit` scheduler for a fit. The fit runs elsewhere; its result is installed
    whole, with a new version, at the start of a later batch. A route has at most one
    fit queued or running.
-4. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
+5. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
    quantile of its training rows' scores, never below ``score_floor``.
-5. **Bounded.** At most ``max_routes`` routes (least recently seen evicted) and
+6. **Bounded.** At most ``max_routes`` routes (least recently seen evicted) and
    ``max_models`` trained models (the least recently seen route's model dropped; the
    route is scored by rules until it is refit). Both are counted.
 """
@@ -41,7 +44,7 @@ from sentinel_stream.forest import CompiledForest
 from sentinel_stream.kernels import score_route
 from sentinel_stream.refit import FitRequest, Refitter, RequestFactory
 from sentinel_stream.rules import RULES_THRESHOLD, RuleScorer
-from sentinel_stream.window import RouteTable, Window
+from sentinel_stream.window import Reservoir, RouteTable, Window
 
 Rows = npt.NDArray[np.float32]
 
@@ -65,7 +68,11 @@ class DetectorParams:
     max_routes: int = 10_000
     max_models: int = 5_000
     drift_events: int | None = None
-    """Events of mostly-flagged traffic before a shift is learnt; default: history_max."""
+    """Events of mostly-flagged traffic before a shift is learnt; default: 5 x history_max
+    (a burst of attacks as long as a window must not be learnt as normal)."""
+    long_memory: int | None = None
+    """Size of the uniform sample of all history kept beside the window; default:
+    history_max; 0 turns it off."""
     seed: int | None = None
     refit_min_interval_s: float = 0.0
     """Least time between two refits of one route: bounds refit CPU when routes are busy."""
@@ -102,6 +109,7 @@ class RouteModel:
 @dataclass(slots=True)
 class RouteState:
     window: Window
+    memory: Reservoir | None = None
     model: RouteModel | None = None
     baseline: Baseline | None = None
     rule_reference: npt.NDArray[np.float64] | None = None
@@ -161,13 +169,19 @@ class Detector:
         self._cols = np.asarray(
             cols if cols is not None else range(params.n_features), dtype=np.intp
         )
-        drift = params.drift_events or params.history_max
+        drift = params.drift_events or 5 * params.history_max
         self._drift_alpha = 1.0 / max(drift, 1)
 
     # -- state -------------------------------------------------------------------------
 
     def _new_state(self, route: str) -> RouteState:
-        return RouteState(window=Window(self.params.history_max, self.params.n_features))
+        p = self.params
+        size = p.history_max if p.long_memory is None else p.long_memory
+        seed = None if p.seed is None else (p.seed + zlib.crc32(route.encode())) % 2**32
+        return RouteState(
+            window=Window(p.history_max, p.n_features),
+            memory=Reservoir(size, p.n_features, seed) if size > 0 else None,
+        )
 
     def _on_evict(self, route: str, state: RouteState) -> None:
         self.stats.routes_evicted += 1
@@ -248,6 +262,8 @@ class Detector:
         if len(admitted) == 0:
             return
         state.window.extend(admitted)
+        if state.memory is not None:
+            state.memory.extend(admitted)
         self.stats.rows_admitted += len(admitted)
         state.admitted_since_fit += len(admitted)
         state.admitted_since_baseline += len(admitted)
@@ -287,6 +303,10 @@ class Detector:
                 return None
             state.admitted_since_fit = 0
             rows = state.window.snapshot()
+            if state.memory is not None and len(state.memory):
+                # Recent window and long memory together: recent behaviour weighs
+                # more (it is in both), older normal behaviour is not forgotten.
+                rows = np.concatenate((rows, state.memory.snapshot()))
             return FitRequest(
                 route=route,
                 token=version,

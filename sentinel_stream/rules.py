@@ -33,7 +33,7 @@ class RuleSpec:
     """How one feature is judged during warm-up."""
 
     factor: float
-    reference: Literal["median", "p90"]
+    reference: Literal["median", "p90", "p99"]
     cold_typical: float
     """The reference used before a route has history, in the detector's space."""
 
@@ -53,11 +53,14 @@ class RuleScorer:
         self.log_factor = np.array([math.log(s.factor) for s in specs])
         self._cold = np.array([s.cold_typical for s in specs])
         self._use_p90 = np.array([s.reference == "p90" for s in specs])
+        self._use_p99 = np.array([s.reference == "p99" for s in specs])
 
     def reference(self, baseline: Baseline | None) -> npt.NDArray[np.float64]:
         if baseline is None or baseline.count < RULE_MIN_HISTORY:
             return self._cold
-        return np.where(self._use_p90, baseline.p90, baseline.median)
+        return np.where(
+            self._use_p99, baseline.p99, np.where(self._use_p90, baseline.p90, baseline.median)
+        )
 
     def score(
         self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]

@@ -110,3 +110,45 @@ class RouteTable(Generic[V]):
 
     def oldest_first(self) -> Iterator[tuple[str, V]]:
         return iter(list(self._items.items()))
+
+
+class Reservoir:
+    """A uniform sample of every row ever admitted (Vitter's algorithm R), kept beside
+    the recent window so that a model remembers more than the last N events.
+
+    A recent window alone forgets what normal looked like before a long burst; the
+    reservoir keeps a fixed-size memory of the whole history at the same cost per row.
+    """
+
+    __slots__ = ("_data", "_rng", "_size", "seen")
+
+    def __init__(self, capacity: int, n_features: int, seed: int | None = None) -> None:
+        self._data = np.zeros((capacity, n_features), dtype=np.float32)
+        self._size = 0
+        self._rng = np.random.default_rng(seed)
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def extend(self, rows: npt.NDArray[np.float32]) -> None:
+        cap = self._data.shape[0]
+        n = len(rows)
+        if n == 0 or cap == 0:
+            return
+        fill = min(cap - self._size, n)
+        if fill > 0:
+            self._data[self._size : self._size + fill] = rows[:fill]
+            self._size += fill
+        rest = rows[fill:]
+        if len(rest):
+            # Row number t (0-based, over all rows seen) replaces a random slot with
+            # probability cap / (t + 1).
+            t = self.seen + fill + np.arange(len(rest))
+            slots = (self._rng.random(len(rest)) * (t + 1)).astype(np.int64)
+            keep = slots < cap
+            self._data[slots[keep]] = rest[keep]
+        self.seen += n
+
+    def snapshot(self) -> npt.NDArray[np.float32]:
+        return self._data[: self._size].copy()
