@@ -76,6 +76,10 @@ class DetectorParams:
     seed: int | None = None
     refit_min_interval_s: float = 0.0
     """Least time between two refits of one route: bounds refit CPU when routes are busy."""
+    rules_after_model: bool = True
+    """Keep the rules on as a floor once a route has a model. Right for telemetry, whose
+    rules encode what "obvious" means (20x latency, an error burst); for features of
+    unknown meaning the rules only bridge the warm-up."""
     model_features: tuple[int, ...] | None = None
     """Columns the forest sees (default: all). Telemetry leaves ``errors`` to the rules:
     a count that is almost always 0 makes every rare single error look as isolated as an
@@ -169,6 +173,7 @@ class Detector:
         self._cols = np.asarray(
             cols if cols is not None else range(params.n_features), dtype=np.intp
         )
+        self._no_rules = np.full(params.n_features, np.inf)
         drift = params.drift_events or 5 * params.history_max
         self._drift_alpha = 1.0 / max(drift, 1)
 
@@ -210,10 +215,13 @@ class Detector:
         model = state.model
         if state.rule_reference is None:
             state.rule_reference = self.rules.reference(state.baseline)
+        reference = state.rule_reference
         if model is not None:
             self._models.move_to_end(route)
             threshold = model.threshold
             detector, version = "isolation_forest", model.version
+            if not self.params.rules_after_model:
+                reference = self._no_rules
         else:
             threshold = RULES_THRESHOLD
             detector, version = "rules", None
@@ -222,7 +230,7 @@ class Detector:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         scores, deviations = score_route(
             rows,
-            state.rule_reference,
+            reference,
             self.rules.log_factor,
             model.forest if model is not None else None,
             self._cols,
@@ -270,7 +278,10 @@ class Detector:
         size = len(state.window)
         refresh = BASELINE_REFRESH if state.model is None else self.params.refit_every
         if state.baseline is None or state.admitted_since_baseline >= refresh:
-            state.baseline = Baseline.of(state.window.snapshot())
+            rows_seen = state.window.snapshot()
+            if state.memory is not None and len(state.memory) and state.model is not None:
+                rows_seen = np.concatenate((rows_seen, state.memory.snapshot()))
+            state.baseline = Baseline.of(rows_seen)
             state.rule_reference = self.rules.reference(state.baseline)
             state.admitted_since_baseline = 0
         if state.fit_pending:

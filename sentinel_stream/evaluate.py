@@ -89,8 +89,10 @@ def load(path: Path, label: str | None = None) -> Dataset:
 
 def generic_rules(n_features: int, factor: float) -> RuleScorer:
     """Rules for features of unknown meaning (taken as log-scaled, as ODDS sets are):
-    ``log(factor)`` above the feature's 99th percentile; nothing before any history."""
-    return RuleScorer(tuple(RuleSpec(factor, "p99", math.inf) for _ in range(n_features)))
+    ``log(factor)`` above the largest value the route's history holds (window and long
+    memory), so a value that is rare but known is left to the model; nothing before
+    any history."""
+    return RuleScorer(tuple(RuleSpec(factor, "max", math.inf) for _ in range(n_features)))
 
 
 Progress = Callable[[int, int], None]
@@ -132,7 +134,10 @@ def score_stream(
         from dataclasses import replace
 
         params = replace(
-            params, n_features=data.x.shape[1], model_features=None, refit_min_interval_s=0.0
+            params,
+            n_features=data.x.shape[1],
+            model_features=None,
+            refit_min_interval_s=0.0,
         )
         detector = Detector(
             params, generic_rules(data.x.shape[1], settings.rule_factor), InlineRefitter()

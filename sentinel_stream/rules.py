@@ -33,7 +33,7 @@ class RuleSpec:
     """How one feature is judged during warm-up."""
 
     factor: float
-    reference: Literal["median", "p90", "p99"]
+    reference: Literal["median", "p90", "p99", "max"]
     cold_typical: float
     """The reference used before a route has history, in the detector's space."""
 
@@ -54,13 +54,14 @@ class RuleScorer:
         self._cold = np.array([s.cold_typical for s in specs])
         self._use_p90 = np.array([s.reference == "p90" for s in specs])
         self._use_p99 = np.array([s.reference == "p99" for s in specs])
+        self._use_max = np.array([s.reference == "max" for s in specs])
 
     def reference(self, baseline: Baseline | None) -> npt.NDArray[np.float64]:
         if baseline is None or baseline.count < RULE_MIN_HISTORY:
             return self._cold
-        return np.where(
-            self._use_p99, baseline.p99, np.where(self._use_p90, baseline.p90, baseline.median)
-        )
+        ref = np.where(self._use_p90, baseline.p90, baseline.median)
+        ref = np.where(self._use_p99, baseline.p99, ref)
+        return np.where(self._use_max, baseline.top, ref)
 
     def score(
         self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]
