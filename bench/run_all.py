@@ -182,7 +182,9 @@ def refit_cost(fits: int) -> dict[str, Any]:
 # -- 5. quality ----------------------------------------------------------------------------
 
 
-def quality(path: Path, older_rows: int, hst_rows: int) -> dict[str, Any]:
+def quality(
+    path: Path, older_rows: int, hst_rows: int, older_slice: tuple[int, int] | None = None
+) -> dict[str, Any]:
     from sentinel_stream import evaluate as ev
     from sentinel_stream.config import Settings
 
@@ -194,12 +196,28 @@ def quality(path: Path, older_rows: int, hst_rows: int) -> dict[str, Any]:
     for rep, base_scores in (
         ev.baseline_batch(x, data.y),
         ev.baseline_hst(x, data.y, hst_rows),
-        ev.baseline_older(x, data.y, older_rows),
+        older(ev, x, data.y, older_rows, older_slice),
     ):
         results.append(rep)
         if "roc_auc" in rep:
-            curves[rep["detector"]] = roc(data.y[: rep["rows"]], base_scores)
+            a, b = rep.get("slice", [0, rep["rows"]])
+            curves[rep["detector"]] = roc(data.y[a:b], base_scores)
     return {"file": str(path.name), "rows": len(data.y), "results": results, "curves": curves}
+
+
+def older(
+    ev: Any, x: np.ndarray, y: np.ndarray, rows: int, where: tuple[int, int] | None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The older design on a prefix, or on a stated slice where a prefix holds no anomaly
+    (it scores ~30 rows/s: a whole set would take hours)."""
+    if where is None:
+        result: tuple[dict[str, Any], np.ndarray] = ev.baseline_older(x, y, rows)
+        return result
+    a, b = where
+    rep, scores = ev.baseline_older(x[a:b], y[a:b], b - a)
+    rep["note"] = f"rows {a:,}-{b:,} only (no attack before row 201,669)"
+    rep["slice"] = [a, b]
+    return rep, scores
 
 
 def roc(y: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
@@ -320,7 +338,8 @@ def write_report(res: dict[str, Any], images: list[str]) -> None:
     lines += [
         "",
         f"Pipeline / pass-through: **{s['ratio_to_pass_through']}**. With an LLM configured that "
-        f"never answers / without: **{s.get('llm_hanging_ratio_to_pipeline')}**. Latency measured "
+        "never answers / without: "
+        f"**{round(s.get('llm_hanging_ratio_to_pipeline') or 0, 3)}**. Latency measured "
         f"at {st['pipeline']['latency_rate_per_s']:,.0f} events/s into warmed routes.",
         "",
         "## HTTP (bench/http_load.py, wrk, concurrency 32)",
@@ -445,7 +464,7 @@ def main() -> int:
     )
     res["quality"]["synthetic"] = quality(synth, 300 if quick else 5000, 10**9)
     if KDD.exists() and not quick:
-        res["quality"]["kdd"] = quality(KDD, 20000, 10**9)
+        res["quality"]["kdd"] = quality(KDD, 0, 10**9, older_slice=(308_000, 318_000))
     images = charts(res)
     (OUT / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     write_report(res, images)

@@ -76,10 +76,6 @@ class DetectorParams:
     seed: int | None = None
     refit_min_interval_s: float = 0.0
     """Least time between two refits of one route: bounds refit CPU when routes are busy."""
-    rules_after_model: bool = True
-    """Keep the rules on as a floor once a route has a model. Right for telemetry, whose
-    rules encode what "obvious" means (20x latency, an error burst); for features of
-    unknown meaning the rules only bridge the warm-up."""
     model_features: tuple[int, ...] | None = None
     """Columns the forest sees (default: all). Telemetry leaves ``errors`` to the rules:
     a count that is almost always 0 makes every rare single error look as isolated as an
@@ -173,7 +169,6 @@ class Detector:
         self._cols = np.asarray(
             cols if cols is not None else range(params.n_features), dtype=np.intp
         )
-        self._no_rules = np.full(params.n_features, np.inf)
         drift = params.drift_events or 5 * params.history_max
         self._drift_alpha = 1.0 / max(drift, 1)
 
@@ -215,13 +210,10 @@ class Detector:
         model = state.model
         if state.rule_reference is None:
             state.rule_reference = self.rules.reference(state.baseline)
-        reference = state.rule_reference
         if model is not None:
             self._models.move_to_end(route)
             threshold = model.threshold
             detector, version = "isolation_forest", model.version
-            if not self.params.rules_after_model:
-                reference = self._no_rules
         else:
             threshold = RULES_THRESHOLD
             detector, version = "rules", None
@@ -230,7 +222,7 @@ class Detector:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         scores, deviations = score_route(
             rows,
-            reference,
+            state.rule_reference,
             self.rules.log_factor,
             model.forest if model is not None else None,
             self._cols,

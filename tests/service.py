@@ -9,6 +9,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,34 @@ def scrape(port: int) -> str:
     assert status == 200
     assert ctype.startswith("text/plain; version="), ctype
     return body.decode("utf-8")
+
+
+@dataclass
+class Running:
+    """A service started by :func:`running_service`, ready to serve."""
+
+    proc: Proc
+    port: int
+    env: dict[str, str]
+
+
+@contextmanager
+def running_service(bootstrap: str, tmp_path: Path, name: str, **extra: str) -> Iterator[Running]:
+    """``sentinel-stream run`` on its own (created) topics, ready; killed at exit."""
+    from helpers import wait_for
+
+    port = free_port()
+    env = service_env(
+        bootstrap,
+        f"{name}{port}",
+        port,
+        **{"SENTINEL_CREATE_TOPICS": "true", "SENTINEL_TOPIC_PARTITIONS": "1", **extra},
+    )
+    proc = start(env, tmp_path, name)
+    try:
+        wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
+        yield Running(proc, port, env)
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait(10)

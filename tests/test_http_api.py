@@ -13,7 +13,7 @@ import pytest
 from helpers import end_offsets, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service import START_TIMEOUT_S, Proc, free_port, get_json, ready, service_env, start
+from service import Running, get_json, running_service
 
 pytestmark = pytest.mark.kafka
 
@@ -40,38 +40,14 @@ def post_json(port: int, obj: object) -> tuple[int, dict[str, Any]]:
     return post(port, json.dumps(obj).encode())
 
 
-class Service:
-    def __init__(self, proc: Proc, port: int, env: dict[str, str]) -> None:
-        self.proc, self.port, self.env = proc, port, env
-
-
-def _start(bootstrap: str, tmp: Path, name: str, **extra: str) -> Iterator[Service]:
-    port = free_port()
-    env = service_env(
-        bootstrap,
-        f"http{name}{port}",
-        port,
-        SENTINEL_CREATE_TOPICS="true",
-        SENTINEL_TOPIC_PARTITIONS="1",
-        **extra,
-    )
-    proc = start(env, tmp, name)
-    try:
-        wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
-        yield Service(proc, port, env)
-    finally:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-            proc.popen.wait(10)
+@pytest.fixture(scope="module")
+def svc(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running_service(bootstrap, tmp_path_factory.mktemp("http"), "http") as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
-def svc(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    yield from _start(bootstrap, tmp_path_factory.mktemp("http"), "a")
-
-
-@pytest.fixture(scope="module")
-def openapi(svc: Service) -> dict[str, Any]:
+def openapi(svc: Running) -> dict[str, Any]:
     status, doc = get_json(svc.port, "/openapi.json")
     assert status == 200
     return doc
@@ -83,7 +59,7 @@ def check(doc: dict[str, Any], schema_name: str, body: object) -> None:
     jsonschema.validate(body, schema)
 
 
-def test_older_smoke_test_on_a_cold_route(svc: Service, openapi: dict[str, Any]) -> None:
+def test_older_smoke_test_on_a_cold_route(svc: Running, openapi: dict[str, Any]) -> None:
     status, body = post_json(
         svc.port, {"latency": 25000, "input_length": 50000, "errors": 15, "route": "/cold/smoke"}
     )
@@ -95,7 +71,7 @@ def test_older_smoke_test_on_a_cold_route(svc: Service, openapi: dict[str, Any])
     check(openapi, "AnalyzeFlowResponse", body)
 
 
-def test_ok_shape_and_javascript_timestamps(svc: Service, openapi: dict[str, Any]) -> None:
+def test_ok_shape_and_javascript_timestamps(svc: Running, openapi: dict[str, Any]) -> None:
     status, body = post_json(
         svc.port,
         {
@@ -130,7 +106,7 @@ def test_ok_shape_and_javascript_timestamps(svc: Service, openapi: dict[str, Any
     ],
 )
 def test_422_names_each_bad_field(
-    svc: Service, openapi: dict[str, Any], obj: object, fields: set[str]
+    svc: Running, openapi: dict[str, Any], obj: object, fields: set[str]
 ) -> None:
     status, body = post_json(svc.port, obj)
     assert status == 422
@@ -138,7 +114,7 @@ def test_422_names_each_bad_field(
     check(openapi, "ErrorResponse", body)
 
 
-def test_400_413_415_405_404(svc: Service) -> None:
+def test_400_413_415_405_404(svc: Running) -> None:
     assert post(svc.port, b"{nope")[0] == 400
     big = json.dumps(
         {"latency": 1, "input_length": 1, "errors": 0, "route": "/x", "pad": "x" * (70 * 1024)}
@@ -178,14 +154,14 @@ events = st.fixed_dictionaries(
     ),
 )
 def test_no_input_gets_a_5xx_or_breaks_the_schema(
-    svc: Service, openapi: dict[str, Any], body: object, ctype: str
+    svc: Running, openapi: dict[str, Any], body: object, ctype: str
 ) -> None:
     status, answer = post(svc.port, json.dumps(body).encode(), ctype)
     assert status in (200, 400, 413, 415, 422), (status, answer)
     check(openapi, "AnalyzeFlowResponse" if status == 200 else "ErrorResponse", answer)
 
 
-def test_http_events_train_their_route(svc: Service) -> None:
+def test_http_events_train_their_route(svc: Running) -> None:
     """A caller that only uses HTTP still gets a trained model for its route."""
     route = "/http/only"
     verdict: dict[str, Any] = {}
@@ -209,7 +185,7 @@ def test_http_events_train_their_route(svc: Service) -> None:
 
 
 def test_forwarding_can_be_turned_off(bootstrap: str, tmp_path: Path) -> None:
-    for service in _start(bootstrap, tmp_path, "nofwd", SENTINEL_HTTP_FORWARD="false"):
+    with running_service(bootstrap, tmp_path, "nofwd", SENTINEL_HTTP_FORWARD="false") as service:
         for _ in range(5):
             assert (
                 post_json(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import event, produce, read_all, wait_for
-from service import START_TIMEOUT_S, free_port, ready, service_env, start
+from helpers import event, produce, read_all
+from service import free_port, running_service
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,42 +48,23 @@ def llm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_anomaly_gets_verdict_then_llm_explanation(
     bootstrap: str, llm_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = service_env(
-        bootstrap,
-        f"llmreal{port}",
-        port,
-        SENTINEL_CREATE_TOPICS="true",
-        SENTINEL_TOPIC_PARTITIONS="1",
-        OLLAMA_HOST=llm_url,
-        OLLAMA_MODEL="smollm2",
-        SENTINEL_LLM_API="openai",
-        SENTINEL_LLM_TIMEOUT_S="60",
-        SENTINEL_LLM_MAX_TOKENS="60",
-    )
-    proc = start(env, tmp_path)
-    try:
-        wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
-        produce(
-            bootstrap,
-            env["SENTINEL_INPUT_TOPIC"],
-            [(b"/pay", event("/pay", event_id=f"n{i}")) for i in range(10)]
-            + [
-                (
-                    b"/pay",
-                    event(EVIL_ROUTE, latency=45000.0, errors=12, event_id="incident-1"),
-                )
-            ],
-        )
+    llm = {
+        "OLLAMA_HOST": llm_url,
+        "OLLAMA_MODEL": "smollm2",
+        "SENTINEL_LLM_API": "openai",
+        "SENTINEL_LLM_TIMEOUT_S": "60",
+        "SENTINEL_LLM_MAX_TOKENS": "60",
+    }
+    with running_service(bootstrap, tmp_path, "llmreal", **llm) as svc:
+        normal = [(b"/pay", event("/pay", event_id=f"n{i}")) for i in range(10)]
+        evil = event(EVIL_ROUTE, latency=45000.0, errors=12, event_id="incident-1")
+        produce(bootstrap, svc.env["SENTINEL_INPUT_TOPIC"], [*normal, (b"/pay", evil)])
         got = read_all(
             bootstrap,
-            env["SENTINEL_OUTPUT_TOPIC"],
+            svc.env["SENTINEL_OUTPUT_TOPIC"],
             lambda ms: any(orjson.loads(m.value()).get("kind") == "explanation" for m in ms),
             180,
         )
-    finally:
-        proc.popen.kill()
-        proc.popen.wait(10)
     values = [(m.offset(), orjson.loads(m.value())) for m in got]
     verdict = next(
         v for o, v in values if v.get("event_id") == "incident-1" and v["kind"] == "verdict"

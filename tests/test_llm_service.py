@@ -11,7 +11,7 @@ import orjson
 import pytest
 from helpers import event, produce, read_all, wait_for
 from llm_standins import stand_in
-from service import START_TIMEOUT_S, free_port, ready, scrape, service_env, start
+from service import running_service, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -19,24 +19,17 @@ pytestmark = pytest.mark.kafka
 @pytest.mark.parametrize("mode", ["hang", "error", "garbage"])
 def test_verdicts_flow_and_http_keeps_its_budget(bootstrap: str, tmp_path: Path, mode: str) -> None:
     with stand_in(mode, delay_s=0) as llm:
-        port = free_port()
-        env = service_env(
-            bootstrap,
-            f"llm{mode}{port}",
-            port,
-            SENTINEL_CREATE_TOPICS="true",
-            SENTINEL_TOPIC_PARTITIONS="1",
-            OLLAMA_HOST=llm.url,
-            OLLAMA_MODEL="smol",
-            SENTINEL_LLM_API="openai",
-            SENTINEL_LLM_TIMEOUT_S="5",
-            SENTINEL_LLM_HTTP_BUDGET_S="0.5",
-            SENTINEL_LLM_BREAKER_FAILURES="3",
-            SENTINEL_LLM_BREAKER_RESET_S="60",
-        )
-        proc = start(env, tmp_path)
-        try:
-            wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
+        env_extra = {
+            "OLLAMA_HOST": llm.url,
+            "OLLAMA_MODEL": "smol",
+            "SENTINEL_LLM_API": "openai",
+            "SENTINEL_LLM_TIMEOUT_S": "5",
+            "SENTINEL_LLM_HTTP_BUDGET_S": "0.5",
+            "SENTINEL_LLM_BREAKER_FAILURES": "3",
+            "SENTINEL_LLM_BREAKER_RESET_S": "60",
+        }
+        with running_service(bootstrap, tmp_path, "llm" + mode, **env_extra) as svc:
+            port, env = svc.port, svc.env
             n = 2000
             records = [
                 (f"/l{i % 4}".encode(), event(f"/l{i % 4}", event_id=f"v{i}")) for i in range(n)
@@ -74,26 +67,16 @@ def test_verdicts_flow_and_http_keeps_its_budget(bootstrap: str, tmp_path: Path,
                 return f'outcome="{outcome}"' in text and "sentinel_llm_breaker_state" in text
 
             wait_for(counted, 30, f"LLM {outcome} outcomes in /metrics")
-        finally:
-            proc.popen.kill()
-            proc.popen.wait(10)
 
 
 def test_explanation_record_follows_its_verdict(bootstrap: str, tmp_path: Path) -> None:
     with stand_in("ok") as llm:
-        port = free_port()
-        env = service_env(
-            bootstrap,
-            f"llmok{port}",
-            port,
-            SENTINEL_CREATE_TOPICS="true",
-            SENTINEL_TOPIC_PARTITIONS="1",
-            OLLAMA_HOST=llm.url,
-            OLLAMA_MODEL="smol",
-        )
-        proc = start(env, tmp_path)
-        try:
-            wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
+        env_extra = {
+            "OLLAMA_HOST": llm.url,
+            "OLLAMA_MODEL": "smol",
+        }
+        with running_service(bootstrap, tmp_path, "llmok", **env_extra) as svc:
+            env = svc.env
             produce(
                 bootstrap,
                 env["SENTINEL_INPUT_TOPIC"],
@@ -106,9 +89,6 @@ def test_explanation_record_follows_its_verdict(bootstrap: str, tmp_path: Path) 
                 lambda ms: any(orjson.loads(m.value()).get("kind") == "explanation" for m in ms),
                 60,
             )
-        finally:
-            proc.popen.kill()
-            proc.popen.wait(10)
     records = [(m.offset(), m.key(), orjson.loads(m.value())) for m in got]
     verdict = next(r for r in records if r[2]["event_id"] == "boom" and r[2]["kind"] == "verdict")
     expl = next(r for r in records if r[2]["kind"] == "explanation")

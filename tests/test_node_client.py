@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
-from service import START_TIMEOUT_S, free_port, ready, service_env, start
+from service import running_service
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,23 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_node_client_against_a_live_service(bootstrap: str, tmp_path: Path) -> None:
     node = shutil.which("node")
     assert node, "Node.js is part of the machine this project targets"
-    port = free_port()
-    env = service_env(
-        bootstrap, f"node{port}", port, SENTINEL_CREATE_TOPICS="true", SENTINEL_TOPIC_PARTITIONS="1"
-    )
-    proc = start(env, tmp_path)
-    try:
-        wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
+    with running_service(bootstrap, tmp_path, "node") as svc:
         result = subprocess.run(
             [node, "--test", str(ROOT / "examples" / "sentinel-client.test.js")],
-            env={**os.environ, "SENTINEL_URL": f"http://127.0.0.1:{port}"},
+            env={**os.environ, "SENTINEL_URL": f"http://127.0.0.1:{svc.port}"},
             capture_output=True,
             text=True,
             timeout=120,
         )
-    finally:
-        proc.popen.kill()
-        proc.popen.wait(10)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "# pass 5" in out and "# skipped 0" in out, out

@@ -11,31 +11,21 @@ from pathlib import Path
 
 import pytest
 from helpers import event, produce, wait_for
-from service import START_TIMEOUT_S, Proc, free_port, ready, scrape, service_env, start
+from service import Proc, free_port, running_service, scrape
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture(scope="module")
 def running(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, int]]:
-    tmp = tmp_path_factory.mktemp("prom")
-    port = free_port()
-    env = service_env(
-        bootstrap, f"prom{port}", port, SENTINEL_CREATE_TOPICS="true", SENTINEL_TOPIC_PARTITIONS="1"
-    )
-    proc = start(env, tmp)
-    try:
-        wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready")
-        produce(bootstrap, env["SENTINEL_INPUT_TOPIC"], [(b"/p", event("/p")), (b"/p", b"{broken")])
+    with running_service(bootstrap, tmp_path_factory.mktemp("prom"), "prom") as svc:
+        produce(bootstrap, svc.env["SENTINEL_INPUT_TOPIC"], [(b"/p", event("/p")), (b"/p", b"{x")])
         wait_for(
-            lambda: 'sentinel_dead_letters_total{reason="invalid_json"} 1.0' in scrape(port),
+            lambda: 'sentinel_dead_letters_total{reason="invalid_json"} 1.0' in scrape(svc.port),
             60,
             "the dead letter to be counted",
         )
-        yield proc, port
-    finally:
-        proc.popen.kill()
-        proc.popen.wait(10)
+        yield svc.proc, svc.port
 
 
 def test_promtool_check_metrics_passes(running: tuple[Proc, int]) -> None:
