@@ -45,11 +45,7 @@ def cmd_demo_producer(args: argparse.Namespace) -> int:
     from sentinel_stream.kafka.topics import ensure_topics
     from sentinel_stream.synthetic import generate
 
-    settings = (
-        _settings(args, create_topics=args.create_topics or None)
-        if args.create_topics
-        else _settings(args)
-    )
+    settings = _settings(args, create_topics=True) if args.create_topics else _settings(args)
     topic = args.topic or settings.input_topic
     if args.create_topics:
         ensure_topics(make_admin(settings), settings)

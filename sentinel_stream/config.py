@@ -180,8 +180,9 @@ class Settings(BaseSettings):
 
     @property
     def first_fit_after(self) -> int:
-        """Events before a route's first model (SENTINEL_MIN_HISTORY, resolved)."""
-        return self.min_history if self.min_history is not None else min(128, self.history_max)
+        """Events before a route's first model (SENTINEL_MIN_HISTORY, resolved at start)."""
+        assert self.min_history is not None, "resolved by _check_bounds"
+        return self.min_history
 
     @property
     def llm_configured(self) -> bool:
