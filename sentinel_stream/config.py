@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     score_floor: Annotated[
         float, Field(ge=0, le=1, description="no route's model threshold goes below this score")
     ] = 0.68
+    learn_margin: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="events scored this far above the threshold are kept out of training",
+        ),
+    ] = 0.1
     min_history: Annotated[
         int | None,
         Field(ge=8, description="events before a route's first model (default: min(128, window))"),

@@ -9,13 +9,20 @@ The policy, in the order a batch meets it:
 
 1. **Score before learning.** A route's batch is scored by its current model (or by the
    warm-up rules while it has none); only then are the rows added to its window.
-2. **Flagged rows do not teach.** Rows flagged as anomalous stay out of the window, so a
-   burst of attacks is not learnt as normal. If a route keeps flagging more than half of
-   its traffic for long (``drift_events``, default five windows), the shift is taken as
-   the new normal and flagged rows are admitted again.
-3. **Long memory.** Beside the recent window, a uniform sample of all admitted rows
-   (a reservoir, ``long_memory`` rows); models are fit on both, so what normal looked
-   like before a long burst or a slow drift is not forgotten.
+2. **Clear anomalies do not teach.** Rows the rules flag, and rows the model scores
+   ``learn_margin`` or more above the threshold, stay out of the window, so a burst of
+   attacks is not learnt as normal. Rows only the model flags, by a narrower margin,
+   still teach: they are mostly the tail of normal
+   traffic, and a model fit on traffic cut off at the last threshold learns a narrower
+   normal, flags its own tail, and narrows further with every refit. (Measured on
+   ``synth --events 100000``: keeping every flagged row out gave a false-positive rate
+   3.5 times the contamination, with no drift in the data; the margin of 0.1 brings
+   it to 1.1 times, and KDD Cup 99 http keeps its ROC AUC of 0.9995.) If a route keeps
+   flagging more than half of its traffic for long (``drift_events``, default five
+   windows), the shift is taken as the new normal and every row teaches again.
+3. **Long memory.** Beside the recent window, a uniform sample of every admitted row
+   that has left it (a reservoir, ``long_memory`` rows); models are fit on both, so
+   what normal looked like before a long burst or a slow drift is not forgotten.
 4. **Refit off the hot path.** When a route has ``min_history`` rows (first fit) or
    ``refit_every`` new ones since its last fit (and at least ``refit_min_interval_s``
    has passed: a busy route would otherwise ask for a fit every second), it asks the
@@ -23,7 +30,8 @@ The policy, in the order a batch meets it:
    whole, with a new version, at the start of a later batch. A route has at most one
    fit queued or running.
 5. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
-   quantile of its training rows' scores, never below ``score_floor``.
+   quantile of its training rows' out-of-bag scores, read from a generalised Pareto
+   tail (:mod:`threshold`), never below ``score_floor``.
 6. **Bounded.** At most ``max_routes`` routes (least recently seen evicted) and
    ``max_models`` trained models (the least recently seen route's model dropped; the
    route is scored by rules until it is refit). Both are counted.
@@ -80,6 +88,12 @@ class DetectorParams:
     """Columns the forest sees (default: all). Telemetry leaves ``errors`` to the rules:
     a count that is almost always 0 makes every rare single error look as isolated as an
     attack, and drags the threshold up past real anomalies."""
+    learn_margin: float = 0.1
+    """Rows scored at least this far above the threshold do not teach; rows flagged by
+    less still do (see the module doc, point 2)."""
+    one_sided: tuple[int, ...] = ()
+    """Model columns (positions in ``model_features``) where only excess is anomalous:
+    below the training median a value scores as typical (see :mod:`forest`)."""
 
 
 def onto_threshold(
@@ -228,6 +242,7 @@ class Detector:
             self._cols,
             threshold,
             RULES_THRESHOLD,
+            self.rules.sum_excess,
         )
         flags = scores >= threshold
         scored = Scored(
@@ -244,7 +259,10 @@ class Detector:
         self.stats.rows_scored += len(rows)
         self.stats.rows_flagged += n_flagged
         if learn:
-            self._learn(route, state, rows, flags, n_flagged)
+            teach = scores < threshold + self.params.learn_margin
+            if n_flagged:
+                teach &= ~self.rules.fires(deviations)
+            self._learn(route, state, rows, teach, n_flagged)
         return scored
 
     def _learn(
@@ -252,18 +270,18 @@ class Detector:
         route: str,
         state: RouteState,
         rows: Rows,
-        flags: npt.NDArray[np.bool_],
+        teach: npt.NDArray[np.bool_],
         n_flagged: int,
     ) -> None:
         n = len(rows)
         keep = (1.0 - self._drift_alpha) ** n
         state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (n_flagged / n)
-        admitted = rows if (n_flagged == 0 or state.flag_rate > 0.5) else rows[~flags]
+        admitted = rows if (state.flag_rate > 0.5 or teach.all()) else rows[teach]
         if len(admitted) == 0:
             return
-        state.window.extend(admitted)
+        evicted = state.window.extend(admitted)
         if state.memory is not None:
-            state.memory.extend(admitted)
+            state.memory.extend(evicted)
         self.stats.rows_admitted += len(admitted)
         state.admitted_since_fit += len(admitted)
         state.admitted_since_baseline += len(admitted)
@@ -271,7 +289,7 @@ class Detector:
         refresh = BASELINE_REFRESH if state.model is None else self.params.refit_every
         if state.baseline is None or state.admitted_since_baseline >= refresh:
             rows_seen = state.window.snapshot()
-            if state.memory is not None and len(state.memory) and state.model is not None:
+            if state.memory is not None and state.model is not None:
                 rows_seen = np.concatenate((rows_seen, state.memory.snapshot()))
             state.baseline = Baseline.of(rows_seen)
             state.rule_reference = self.rules.reference(state.baseline)
@@ -306,9 +324,9 @@ class Detector:
                 return None
             state.admitted_since_fit = 0
             rows = state.window.snapshot()
-            if state.memory is not None and len(state.memory):
-                # Recent window and long memory together: recent behaviour weighs
-                # more (it is in both), older normal behaviour is not forgotten.
+            if state.memory is not None:
+                # The recent window and a sample of what came before it: older normal
+                # behaviour is not forgotten.
                 rows = np.concatenate((rows, state.memory.snapshot()))
             return FitRequest(
                 route=route,
@@ -319,6 +337,7 @@ class Detector:
                 contamination=params.contamination,
                 score_floor=params.score_floor,
                 seed=seed,
+                one_sided=params.one_sided,
             )
 
         return make
@@ -349,6 +368,7 @@ class Detector:
             self._cols,
             model.threshold if model is not None else RULES_THRESHOLD,
             RULES_THRESHOLD,
+            self.rules.sum_excess,
         )
         drop = np.maximum(scores[0] - scores[1:], 0.0)
         total = float(drop.sum())

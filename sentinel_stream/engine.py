@@ -50,6 +50,8 @@ def detector_params(settings: Settings) -> DetectorParams:
         seed=settings.seed,
         refit_min_interval_s=settings.refit_min_interval_s if settings.refit_workers > 0 else 0.0,
         model_features=(0, 1),
+        learn_margin=settings.learn_margin,
+        one_sided=(0, 1),
     )
 
 

@@ -19,11 +19,29 @@ Layout, per tree, for depth ``D`` (sklearn's ``ceil(log2(max_samples))``):
 Thresholds are stored as float32 rounded down. sklearn compares float32 inputs with
 float64 thresholds; for a float32 ``x``, ``x <= t`` holds exactly when ``x <= rd32(t)``,
 so the float32 comparison decides every split the same way.
+
+**Beyond the training range.** An isolation tree draws each split uniformly between the
+smallest and largest value its node's samples hold. A point far outside that range is
+never separated by the split: it follows the most extreme training points down the
+tree and scores like them, so a request 50 times slower than usual scores no higher than
+the slowest normal one (the forest "saturates"). With ``low``/``high`` (each split's
+range, kept when the forest is compiled with its training rows) the kernel asks, at
+every split, what the split would have done had it been drawn over the range with the
+point in it: the point would have been cut off alone with probability
+``gap / (gap + range)``, ending its path there. The path length is the expectation of
+that walk, so it shrinks, and the score grows, with the distance beyond the range.
+Inside every range the probability is 0 and the score is sklearn's, bit for bit.
+
+**One-sided features.** ``floor`` (per feature, ``-inf`` for none) is the value below
+which a feature counts as typical: for request telemetry, a request faster or smaller
+than its route's median is not anomalous for being so, whatever the forest would say
+about how rare it is.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,27 +82,66 @@ PATH_TABLE: F64 = _path_table()
 
 
 @njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
-def _path_lengths(
+def tree_path_length(
     x: F32,
+    i: int,
+    cols: npt.NDArray[np.intp],
+    floor: F32,
+    t: int,
     feature: npt.NDArray[np.int8],
     threshold: F32,
+    low: F32,
+    high: F32,
+    leaf_code: npt.NDArray[np.uint16],
+    table: F64,
+    depth: int,
+) -> float:  # pragma: no cover - compiled
+    """Row ``i``'s expected path length in tree ``t`` (see the module doc)."""
+    node = 0
+    path = 0.0
+    alive = 1.0
+    for level in range(depth):
+        f = feature[t, node]
+        v = max(x[i, cols[f]], floor[f])
+        lo = np.float64(low[t, node])
+        hi = np.float64(high[t, node])
+        if v > hi:
+            q = (v - hi) / (v - lo)
+            path += alive * q * (level + 1)
+            alive *= 1.0 - q
+        elif v < lo:
+            q = (lo - v) / (hi - v)
+            path += alive * q * (level + 1)
+            alive *= 1.0 - q
+        if v > threshold[t, node]:
+            node = 2 * node + 2
+        else:
+            node = 2 * node + 1
+    n_internal = (1 << depth) - 1
+    leaf: float = table[leaf_code[t, node - n_internal]]
+    return path + alive * leaf
+
+
+@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
+def _path_lengths(
+    x: F32,
+    cols: npt.NDArray[np.intp],
+    floor: F32,
+    feature: npt.NDArray[np.int8],
+    threshold: F32,
+    low: F32,
+    high: F32,
     leaf_code: npt.NDArray[np.uint16],
     table: F64,
     depth: int,
     out: F64,
 ) -> None:  # pragma: no cover - compiled
-    n_internal = (1 << depth) - 1
-    n_trees = feature.shape[0]
     for i in range(x.shape[0]):
         total = 0.0
-        for t in range(n_trees):
-            node = 0
-            for _ in range(depth):
-                if x[i, feature[t, node]] > threshold[t, node]:
-                    node = 2 * node + 2
-                else:
-                    node = 2 * node + 1
-            total += table[leaf_code[t, node - n_internal]]
+        for t in range(feature.shape[0]):
+            total += tree_path_length(
+                x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
+            )
         out[i] = total
 
 
@@ -98,11 +155,17 @@ class CompiledForest:
     depth: int
     denominator: float
     n_features: int
+    low: F32
+    """Per split, the smallest value of its feature among the node's training samples
+    (``-inf`` where not known: the split then scores as sklearn's)."""
+    high: F32
+    floor: F32
+    """Per feature, the value below which it counts as typical (``-inf``: two-sided)."""
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        total = self.feature.nbytes + self.threshold.nbytes + self.leaf_code.nbytes
-        object.__setattr__(self, "nbytes", int(total))
+        arrays = (self.feature, self.threshold, self.leaf_code, self.low, self.high, self.floor)
+        object.__setattr__(self, "nbytes", int(sum(a.nbytes for a in arrays)))
 
     def __repr__(self) -> str:
         return f"CompiledForest(trees={self.n_trees}, depth={self.depth}, bytes={self.nbytes})"
@@ -112,13 +175,25 @@ class CompiledForest:
         return int(self.feature.shape[0])
 
     def score(self, x: npt.ArrayLike) -> F64:
-        """Anomaly scores in (0, 1], higher = more anomalous: sklearn's ``-score_samples``."""
+        """Anomaly scores in (0, 1], higher = more anomalous: sklearn's ``-score_samples``
+        (beyond the training ranges, higher: see the module doc)."""
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         if x32.ndim != 2 or x32.shape[1] != self.n_features:
             raise ValueError(f"expected shape (n, {self.n_features}), got {x32.shape}")
         depths = np.zeros(x32.shape[0])
+        cols = np.arange(self.n_features, dtype=np.intp)
         _path_lengths(
-            x32, self.feature, self.threshold, self.leaf_code, PATH_TABLE, self.depth, depths
+            x32,
+            cols,
+            self.floor,
+            self.feature,
+            self.threshold,
+            self.low,
+            self.high,
+            self.leaf_code,
+            PATH_TABLE,
+            self.depth,
+            depths,
         )
         if self.denominator == 0:
             return np.ones_like(depths)
@@ -126,8 +201,20 @@ class CompiledForest:
         return scores
 
     @classmethod
-    def from_sklearn(cls, model: IsolationForest) -> CompiledForest:
-        """Lay a fitted sklearn forest out for the kernel."""
+    def from_sklearn(
+        cls,
+        model: IsolationForest,
+        x: npt.ArrayLike | None = None,
+        floor: npt.ArrayLike | None = None,
+        samples: npt.NDArray[np.intp] | None = None,
+    ) -> CompiledForest:
+        """Lay a fitted sklearn forest out for the kernel.
+
+        With ``x`` (the rows the model was fit on), each split keeps the range it was
+        drawn from, and points beyond it score higher than sklearn scores them; without,
+        the scores are sklearn's everywhere. ``samples`` is the model's
+        ``estimators_samples_`` if the caller has it (sklearn rebuilds it per access).
+        """
         n_features = int(model.n_features_in_)
         max_samples = int(model._max_samples)
         if max_samples > _N_MAX:
@@ -139,7 +226,10 @@ class CompiledForest:
         n_trees = len(model.estimators_)
         feature = np.zeros((n_trees, n_internal), dtype=np.int8)
         threshold = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
+        low = np.full((n_trees, n_internal), -np.inf, dtype=np.float32)
+        high = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
         leaf_code = np.zeros((n_trees, 1 << depth), dtype=np.uint16)
+        data = None if x is None else np.asarray(x, dtype=np.float32)
         width = _N_MAX + 1
         for t, est in enumerate(model.estimators_):
             tree = est.tree_
@@ -160,8 +250,121 @@ class CompiledForest:
                 threshold[t, slot] = _round_down_f32(float(thrs[node]))
                 stack.append((int(left[node]), 2 * slot + 1, d + 1))
                 stack.append((int(right[node]), 2 * slot + 2, d + 1))
+        if data is not None:
+            is_split = np.isfinite(threshold)
+            low[is_split], high[is_split] = np.inf, -np.inf
+            if samples is None:
+                samples = in_bag_rows(model)
+            _fill_ranges(data, samples, is_split, feature, threshold, low, high, depth)
         denominator = n_trees * average_path_length(max_samples)
-        return cls(feature, threshold, leaf_code, depth, float(denominator), n_features)
+        floors = np.full(n_features, -np.inf, dtype=np.float32)
+        if floor is not None:
+            floors[:] = np.asarray(floor, dtype=np.float32)
+        return cls(
+            feature, threshold, leaf_code, depth, float(denominator), n_features, low, high, floors
+        )
+
+
+@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
+def _fill_ranges(
+    data: F32,
+    samples: npt.NDArray[np.intp],
+    is_split: npt.NDArray[np.bool_],
+    feature: npt.NDArray[np.int8],
+    threshold: F32,
+    low: F32,
+    high: F32,
+    depth: int,
+) -> None:  # pragma: no cover - compiled
+    """Walk each tree's training sample down it, widening every split's (low, high) to
+    the values of its feature that reach it: the range sklearn drew the split from."""
+    for t in range(samples.shape[0]):
+        for k in range(samples.shape[1]):
+            r = samples[t, k]
+            node = 0
+            for _ in range(depth):
+                if not is_split[t, node]:
+                    break
+                v = data[r, feature[t, node]]
+                low[t, node] = min(low[t, node], v)
+                high[t, node] = max(high[t, node], v)
+                if v > threshold[t, node]:
+                    node = 2 * node + 2
+                else:
+                    node = 2 * node + 1
+
+
+@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
+def _out_of_bag_path_lengths(
+    x: F32,
+    in_bag: npt.NDArray[np.bool_],
+    floor: F32,
+    feature: npt.NDArray[np.int8],
+    threshold: F32,
+    low: F32,
+    high: F32,
+    leaf_code: npt.NDArray[np.uint16],
+    table: F64,
+    depth: int,
+    out: F64,
+) -> None:  # pragma: no cover - compiled
+    cols = np.arange(x.shape[1])
+    n_trees = feature.shape[0]
+    for i in range(x.shape[0]):
+        total = 0.0
+        used = 0
+        for t in range(n_trees):
+            if not in_bag[t, i]:
+                total += tree_path_length(
+                    x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
+                )
+                used += 1
+        if used == 0:  # every tree saw the row: its in-bag length is all there is
+            for t in range(n_trees):
+                total += tree_path_length(
+                    x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
+                )
+            used = n_trees
+        out[i] = total * n_trees / used
+
+
+def in_bag_rows(model: IsolationForest) -> npt.NDArray[np.intp]:
+    """(trees, max_samples): the rows each tree was fit on."""
+    return np.asarray(model.estimators_samples_, dtype=np.intp)
+
+
+def out_of_bag_scores(
+    forest: CompiledForest, x: npt.ArrayLike, samples: npt.NDArray[np.intp]
+) -> F64:
+    """Each training row's score from the trees that did not sample it.
+
+    A tree scores its own sample lower than it will score new rows from the same
+    distribution (a sampled row sets the ranges it is measured against), so a threshold
+    taken from in-bag scores flags too much new normal traffic. Out of bag, a training
+    row is as new to the trees as tomorrow's rows are. A row every tree sampled (a fit
+    on no more rows than ``max_samples``) keeps its in-bag score.
+    """
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    in_bag = np.zeros((forest.n_trees, len(x32)), dtype=np.bool_)
+    in_bag[np.arange(forest.n_trees)[:, None], samples] = True
+    depths = np.zeros(len(x32))
+    _out_of_bag_path_lengths(
+        x32,
+        in_bag,
+        forest.floor,
+        forest.feature,
+        forest.threshold,
+        forest.low,
+        forest.high,
+        forest.leaf_code,
+        PATH_TABLE,
+        forest.depth,
+        depths,
+    )
+    if forest.denominator == 0:
+        return np.ones_like(depths)
+    scores: F64 = 2 ** (-np.divide(depths, forest.denominator))
+    return scores
 
 
 def _round_down_f32(value: float) -> np.float32:
@@ -173,9 +376,27 @@ def _round_down_f32(value: float) -> np.float32:
 
 
 def fit_forest(
-    x: npt.ArrayLike, n_estimators: int, max_samples: int, seed: int | None
+    x: npt.ArrayLike,
+    n_estimators: int,
+    max_samples: int,
+    seed: int | None,
+    one_sided: Sequence[int] = (),
 ) -> tuple[CompiledForest, IsolationForest]:
-    """Fit sklearn's IsolationForest on ``x`` and compile it."""
+    """Fit sklearn's IsolationForest on ``x`` and compile it, range-aware; features in
+    ``one_sided`` count as typical below their median over ``x``."""
+    forest, model, _ = fit_scored(x, n_estimators, max_samples, seed, one_sided, oob=False)
+    return forest, model
+
+
+def fit_scored(
+    x: npt.ArrayLike,
+    n_estimators: int,
+    max_samples: int,
+    seed: int | None,
+    one_sided: Sequence[int] = (),
+    oob: bool = True,
+) -> tuple[CompiledForest, IsolationForest, F64 | None]:
+    """:func:`fit_forest`, and the training rows' out-of-bag scores (with ``oob``)."""
     data = np.asarray(x, dtype=np.float32)
     model = IsolationForest(
         n_estimators=n_estimators,
@@ -185,7 +406,12 @@ def fit_forest(
         n_jobs=1,
     )
     model.fit(data)
-    return CompiledForest.from_sklearn(model), model
+    floor = np.full(data.shape[1], -np.inf, dtype=np.float32)
+    for f in one_sided:
+        floor[f] = np.median(data[:, f])
+    samples = in_bag_rows(model)
+    forest = CompiledForest.from_sklearn(model, data, floor, samples)
+    return forest, model, out_of_bag_scores(forest, data, samples) if oob else None
 
 
 def warm_up_kernel() -> None:
@@ -193,9 +419,10 @@ def warm_up_kernel() -> None:
     from sentinel_stream.kernels import score_route
 
     x: Any = np.zeros((4, 1), dtype=np.float32)
-    forest, _ = fit_forest(np.arange(8, dtype=np.float32).reshape(-1, 1), 2, 4, 0)
+    forest, _, _ = fit_scored(np.arange(8, dtype=np.float32).reshape(-1, 1), 2, 4, 0, (0,))
     forest.score(x)
     ones = np.ones(1)
     cols = np.zeros(1, dtype=np.intp)
     for model in (forest, None):
-        score_route(x, ones, ones, model, cols, 0.7, 0.5)
+        for sum_excess in (False, True):
+            score_route(x, ones, ones, model, cols, 0.7, 0.5, sum_excess)

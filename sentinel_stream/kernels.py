@@ -13,11 +13,12 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from sentinel_stream.forest import PATH_TABLE, CompiledForest
+from sentinel_stream.forest import PATH_TABLE, CompiledForest, tree_path_length
 
 _EMPTY_I8 = np.zeros((0, 1), dtype=np.int8)
 _EMPTY_F32 = np.zeros((0, 1), dtype=np.float32)
 _EMPTY_U16 = np.zeros((0, 1), dtype=np.uint16)
+_EMPTY_FLOOR = np.zeros(0, dtype=np.float32)
 
 
 @njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
@@ -26,38 +27,39 @@ def _score_route(
     reference: npt.NDArray[np.float64],
     log_factor: npt.NDArray[np.float64],
     cols: npt.NDArray[np.intp],
+    floor: npt.NDArray[np.float32],
     feature: npt.NDArray[np.int8],
     threshold: npt.NDArray[np.float32],
+    low: npt.NDArray[np.float32],
+    high: npt.NDArray[np.float32],
     leaf_code: npt.NDArray[np.uint16],
     table: npt.NDArray[np.float64],
     depth: int,
     denominator: float,
     model_threshold: float,
     rules_threshold: float,
+    sum_excess: bool,
     scores: npt.NDArray[np.float64],
     deviations: npt.NDArray[np.float64],
 ) -> None:  # pragma: no cover - compiled
-    n_internal = (1 << depth) - 1
     n_trees = feature.shape[0]
     for i in range(x.shape[0]):
         worst = -np.inf
+        excess = 0.0
         for f in range(x.shape[1]):
             d = (np.float64(x[i, f]) - reference[f]) / log_factor[f]
             deviations[i, f] = d
             worst = max(worst, d)
-        rule = min(max(worst / 2.0, 0.0), 1.0)
+            excess += max(d, 0.0)
+        rule = min(max((excess if sum_excess else worst) / 2.0, 0.0), 1.0)
         if n_trees == 0:
             scores[i] = rule
             continue
         total = 0.0
         for t in range(n_trees):
-            node = 0
-            for _ in range(depth):
-                if x[i, cols[feature[t, node]]] > threshold[t, node]:
-                    node = 2 * node + 2
-                else:
-                    node = 2 * node + 1
-            total += table[leaf_code[t, node - n_internal]]
+            total += tree_path_length(
+                x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
+            )
         forest = 1.0 if denominator == 0 else 2.0 ** (-(total / denominator))
         if rule < rules_threshold:
             mapped = rule * (model_threshold / rules_threshold)
@@ -76,6 +78,7 @@ def score_route(
     cols: npt.NDArray[np.intp],
     model_threshold: float,
     rules_threshold: float,
+    sum_excess: bool = False,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(scores, rule deviations) of ``rows``: the rules alone without a forest, else
     ``max(forest score, rule score mapped onto the forest's threshold)``."""
@@ -88,7 +91,10 @@ def score_route(
             reference,
             log_factor,
             cols,
+            _EMPTY_FLOOR,
             _EMPTY_I8,
+            _EMPTY_F32,
+            _EMPTY_F32,
             _EMPTY_F32,
             _EMPTY_U16,
             PATH_TABLE,
@@ -96,6 +102,7 @@ def score_route(
             0.0,
             rules_threshold,
             rules_threshold,
+            sum_excess,
             scores,
             deviations,
         )
@@ -105,14 +112,18 @@ def score_route(
             reference,
             log_factor,
             cols,
+            forest.floor,
             forest.feature,
             forest.threshold,
+            forest.low,
+            forest.high,
             forest.leaf_code,
             PATH_TABLE,
             forest.depth,
             forest.denominator,
             model_threshold,
             rules_threshold,
+            sum_excess,
             scores,
             deviations,
         )

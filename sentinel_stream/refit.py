@@ -28,7 +28,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sentinel_stream.forest import CompiledForest, fit_forest, warm_up_kernel
+from sentinel_stream.forest import CompiledForest, fit_scored, warm_up_kernel
+from sentinel_stream.threshold import tail_threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class FitRequest:
     contamination: float
     score_floor: float
     seed: int | None
+    one_sided: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +64,11 @@ RequestFactory = Callable[[], FitRequest | None]
 def fit_route(request: FitRequest) -> FitResult:
     """Fit one route's model, its threshold and its baseline. Runs in a refit worker."""
     started = time.perf_counter()
-    forest, _ = fit_forest(request.rows, request.n_estimators, request.max_samples, request.seed)
-    train_scores = forest.score(request.rows)
-    threshold = float(np.quantile(train_scores, 1.0 - request.contamination))
+    forest, _, train_scores = fit_scored(
+        request.rows, request.n_estimators, request.max_samples, request.seed, request.one_sided
+    )
+    assert train_scores is not None
+    threshold = tail_threshold(train_scores, request.contamination)
     threshold = min(max(threshold, request.score_floor), 1.0)
     return FitResult(
         route=request.route,

@@ -9,7 +9,12 @@ history is compared with cold defaults, so that a fresh service still flags a 25
 request with 15 errors.
 
 The score is ``max_f deviation_f / 2`` in units of each feature's factor, clipped to
-[0, 1]: exactly at the factor it is 0.5, the rules' threshold.
+[0, 1]: exactly at the factor it is 0.5, the rules' threshold. With ``sum_excess``
+(telemetry's rules), the features' excesses over their references are summed instead:
+one feature at its factor still scores 0.5, and so do two features each at half of it
+(latency and input each about 4.5 times the median). An incident that raises latency,
+input size and errors together, mildly on each axis, is as anomalous as one extreme
+value, and the forest, which does not see errors, would miss it.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class RuleResult:
 class RuleScorer:
     """Scores rows against a route's baseline with fixed per-feature factors."""
 
-    def __init__(self, specs: tuple[RuleSpec, ...]) -> None:
+    def __init__(self, specs: tuple[RuleSpec, ...], sum_excess: bool = False) -> None:
         self.specs = specs
+        self.sum_excess = sum_excess
         self.log_factor = np.array([math.log(s.factor) for s in specs])
         self._cold = np.array([s.cold_typical for s in specs])
         self._use_p90 = np.array([s.reference == "p90" for s in specs])
@@ -63,12 +69,23 @@ class RuleScorer:
         ref = np.where(self._use_p99, baseline.p99, ref)
         return np.where(self._use_max, baseline.top, ref)
 
+    def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
+        threshold: anomalous by the rules alone, whatever a model says."""
+        if self.sum_excess:
+            combined = np.maximum(deviations, 0.0).sum(axis=1)
+        else:
+            combined = deviations.max(axis=1)
+        fired: npt.NDArray[np.bool_] = combined >= 2.0 * RULES_THRESHOLD
+        return fired
+
     def score(
         self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]
     ) -> RuleResult:
         """Score rows against ``reference`` (from :meth:`reference`, cached by the caller)."""
         dev = (rows.astype(np.float64) - reference) / self.log_factor
-        scores = np.clip(dev.max(axis=1) / 2.0, 0.0, 1.0)
+        combined = np.maximum(dev, 0.0).sum(axis=1) if self.sum_excess else dev.max(axis=1)
+        scores = np.clip(combined / 2.0, 0.0, 1.0)
         return RuleResult(scores=scores, deviations=dev)
 
 
@@ -79,5 +96,6 @@ def telemetry_rules(rule_factor: float, error_burst: int) -> RuleScorer:
             RuleSpec(rule_factor, "median", math.log1p(500.0)),
             RuleSpec(rule_factor, "median", math.log1p(1000.0)),
             RuleSpec(error_burst + 1.0, "p90", 0.0),
-        )
+        ),
+        sum_excess=True,
     )

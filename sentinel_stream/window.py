@@ -39,18 +39,27 @@ class Window:
     def __len__(self) -> int:
         return self._size
 
-    def extend(self, rows: npt.NDArray[np.float32]) -> None:
-        """Append rows in order; when full, the oldest rows are overwritten."""
+    def extend(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Append rows in order; when full, the oldest rows are overwritten. Returns the
+        rows that left the window (oldest first), for the long memory."""
         n = len(rows)
         if n == 0:
-            return
+            return rows[:0]
         cap = self.capacity
         self.total += n
+        overflow = self._size + n - cap
+        evicted = rows[:0]
+        if overflow > 0:
+            kept = min(overflow, self._size)
+            oldest = (self._head - self._size) % cap
+            evicted = self._data[(oldest + np.arange(kept)) % cap]
+            if overflow > kept:  # rows that pass straight through a too-small window
+                evicted = np.concatenate((evicted, rows[: overflow - kept]))
         if n >= cap:
             self._data[:] = rows[n - cap :]
             self._head = 0
             self._size = cap
-            return
+            return evicted
         end = self._head + n
         if end <= cap:
             self._data[self._head : end] = rows
@@ -60,6 +69,7 @@ class Window:
             self._data[: n - first] = rows[first:]
         self._head = end % cap
         self._size = min(cap, self._size + n)
+        return evicted
 
     def snapshot(self) -> npt.NDArray[np.float32]:
         """A copy of the rows, oldest first (safe to hand to another thread or process)."""
@@ -113,29 +123,37 @@ class RouteTable(Generic[V]):
 
 
 class Reservoir:
-    """A uniform sample of every row ever admitted (Vitter's algorithm R), kept beside
-    the recent window so that a model remembers more than the last N events.
+    """A uniform sample of every row that has left a route's window (Vitter's algorithm
+    R), kept beside the window so that a model remembers more than the last N events.
 
     A recent window alone forgets what normal looked like before a long burst; the
-    reservoir keeps a fixed-size memory of the whole history at the same cost per row.
+    reservoir keeps a fixed-size memory of the older history at the same cost per row.
+    It samples only rows the window no longer holds, so no row counts twice in a fit,
+    and it takes no memory until the route first outgrows its window.
     """
 
-    __slots__ = ("_data", "_rng", "_size", "seen")
+    __slots__ = ("_capacity", "_data", "_n_features", "_rng", "_seed", "_size", "seen")
 
     def __init__(self, capacity: int, n_features: int, seed: int | None = None) -> None:
-        self._data = np.zeros((capacity, n_features), dtype=np.float32)
+        self._capacity = capacity
+        self._n_features = n_features
+        self._data: npt.NDArray[np.float32] | None = None
         self._size = 0
-        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._rng: np.random.Generator | None = None
         self.seen = 0
 
     def __len__(self) -> int:
         return self._size
 
     def extend(self, rows: npt.NDArray[np.float32]) -> None:
-        cap = self._data.shape[0]
+        cap = self._capacity
         n = len(rows)
         if n == 0 or cap == 0:
             return
+        if self._data is None or self._rng is None:
+            self._data = np.zeros((cap, self._n_features), dtype=np.float32)
+            self._rng = np.random.default_rng(self._seed)
         fill = min(cap - self._size, n)
         if fill > 0:
             self._data[self._size : self._size + fill] = rows[:fill]
@@ -151,4 +169,6 @@ class Reservoir:
         self.seen += n
 
     def snapshot(self) -> npt.NDArray[np.float32]:
+        if self._data is None:
+            return np.zeros((0, self._n_features), dtype=np.float32)
         return self._data[: self._size].copy()

@@ -181,3 +181,75 @@ def test_inline_refitter_is_deterministic_with_a_seed() -> None:
     ev_ = normal("/s", 400, seed=5)
     assert [v["score"] for v in run(a, ev_)] == [v["score"] for v in run(b, ev_)]
     assert isinstance(a.refitter, InlineRefitter)
+
+
+def test_rows_flagged_by_a_small_margin_still_teach() -> None:
+    # Keeping every flagged row out would cut the tail of normal traffic off the training
+    # data; only rows clearly above the threshold (by learn_margin) stay out.
+    e = engine(min_history=200, learn_margin=0.1)
+    run(e, normal("/t", 400, seed=3), 100)
+    d = e.detector
+    state = d.route_state("/t")
+    assert state is not None and state.model is not None
+    thr = state.model.threshold
+    factors = np.linspace(1.0, 60.0, 600)
+    probe = np.log1p(np.array([[100.0 * f, 500.0, 0.0] for f in factors])).astype(np.float32)
+    scores = d.score_and_learn("/t", probe, learn=False).scores
+    marginal = probe[(scores >= thr) & (scores < thr + 0.1)][:1]
+    clear = probe[scores >= thr + 0.1][:1]
+    assert len(marginal) == 1 and len(clear) == 1
+    before = state.window.total
+    assert d.score_and_learn("/t", marginal).flags.all()
+    assert state.window.total == before + 1
+    assert d.score_and_learn("/t", clear).flags.all()
+    assert state.window.total == before + 1
+    # With no margin, every flagged row stays out (the stricter policy). Same traffic and
+    # seed, so the same model: the marginal row is flagged there too.
+    strict = engine(min_history=200, learn_margin=0.0)
+    run(strict, normal("/t", 400, seed=3), 100)
+    s_state = strict.detector.route_state("/t")
+    assert s_state is not None
+    s_before = s_state.window.total
+    assert strict.detector.score_and_learn("/t", marginal).flags.all()
+    assert s_state.window.total == s_before
+
+
+def test_mild_rises_on_every_axis_add_up_to_an_anomaly() -> None:
+    rules = telemetry_rules(20, 5)
+    reference = np.log1p(np.array([100.0, 500.0, 0.0]))
+    joint = np.log1p(np.array([[400.0, 2000.0, 3.0]])).astype(np.float32)
+    one_axis = np.log1p(np.array([[400.0, 500.0, 0.0]])).astype(np.float32)
+    assert rules.sum_excess
+    assert rules.score(joint, reference).scores[0] >= 0.5
+    assert rules.score(one_axis, reference).scores[0] < 0.25
+    # Judged one feature at a time, the same event is not anomalous.
+    from sentinel_stream.rules import RuleScorer
+
+    assert RuleScorer(rules.specs).score(joint, reference).scores[0] < 0.5
+
+
+def test_the_window_hands_what_leaves_it_to_the_long_memory() -> None:
+    w = Window(5, 1)
+    rows = np.arange(12, dtype=np.float32).reshape(-1, 1)
+    assert len(w.extend(rows[:3])) == 0
+    assert w.extend(rows[3:7]).ravel().tolist() == [0, 1]
+    assert w.extend(rows[7:8]).ravel().tolist() == [2]
+    # More rows than the window holds: the old rows, then those that pass straight through.
+    assert w.extend(rows[8:12]).ravel().tolist() == [3, 4, 5, 6]
+    assert w.snapshot().ravel().tolist() == [7, 8, 9, 10, 11]
+    big = Window(3, 1)
+    big.extend(rows[:2])
+    assert big.extend(rows[2:8]).ravel().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_long_memory_holds_only_rows_older_than_the_window() -> None:
+    e = engine(history_max=100, min_history=50)
+    run(e, normal("/mem", 100, seed=1), 25)
+    state = e.detector.route_state("/mem")
+    assert state is not None and state.memory is not None
+    assert len(state.memory) == 0  # nothing has left the window yet: no memory used
+    later = normal("/mem", 300, seed=2, start=100)
+    run(e, later, 25)
+    window = {tuple(r) for r in state.window.snapshot().tolist()}
+    older = {tuple(r) for r in state.memory.snapshot().tolist()}
+    assert len(older) == 100 and not (window & older)

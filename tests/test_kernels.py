@@ -9,19 +9,20 @@ from sentinel_stream.baseline import Baseline
 from sentinel_stream.detector import onto_threshold
 from sentinel_stream.forest import fit_forest
 from sentinel_stream.kernels import score_route
-from sentinel_stream.rules import RULES_THRESHOLD, telemetry_rules
+from sentinel_stream.rules import RULES_THRESHOLD, RuleScorer, telemetry_rules
 
 
+@pytest.mark.parametrize("sum_excess", [True, False])
 @pytest.mark.parametrize("with_model", [True, False])
 @pytest.mark.parametrize("n", [1, 3, 500])
-def test_kernel_equals_numpy_path(with_model: bool, n: int) -> None:
+def test_kernel_equals_numpy_path(with_model: bool, n: int, sum_excess: bool) -> None:
     rng = np.random.default_rng(n)
     raw = rng.lognormal([4.6, 6.0, -3.0], [0.3, 0.3, 1.0], size=(1000, 3))
     rows = np.log1p(np.round(raw)).astype(np.float32)
-    rules = telemetry_rules(20.0, 5)
+    rules = RuleScorer(telemetry_rules(20.0, 5).specs, sum_excess=sum_excess)
     reference = rules.reference(Baseline.of(rows))
     cols = np.array([0, 1], dtype=np.intp)
-    forest, _ = fit_forest(rows[:, cols], 100, 256, seed=2)
+    forest, _ = fit_forest(rows[:, cols], 100, 256, seed=2, one_sided=(0, 1))
     queries = np.vstack([rows[:n], rows[:n] + rng.normal(0, 2, size=(n, 3)).astype(np.float32)])
     threshold = 0.66
     scores, deviations = score_route(
@@ -32,6 +33,7 @@ def test_kernel_equals_numpy_path(with_model: bool, n: int) -> None:
         cols,
         threshold,
         RULES_THRESHOLD,
+        sum_excess,
     )
     rule = rules.score(queries, reference)
     np.testing.assert_allclose(deviations, rule.deviations, rtol=0, atol=1e-12)
