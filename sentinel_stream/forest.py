@@ -85,12 +85,9 @@ def _path_table() -> F64:
 PATH_TABLE: F64 = _path_table()
 
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
 def tree_path_length(
-    x: F32,
-    i: int,
-    cols: npt.NDArray[np.intp],
-    floor: F32,
+    v: F32,
     t: int,
     feature: npt.NDArray[np.int8],
     threshold: F32,
@@ -100,30 +97,39 @@ def tree_path_length(
     table: F64,
     depth: int,
 ) -> float:  # pragma: no cover - compiled
-    """Row ``i``'s expected path length in tree ``t`` (see the module doc)."""
+    """The expected path length in tree ``t`` of a row whose model features, already
+    raised to their floors, are ``v`` (see the module doc)."""
     node = 0
     path = 0.0
     alive = 1.0
     for level in range(depth):
-        f = feature[t, node]
-        v = max(x[i, cols[f]], floor[f])
-        lo = np.float64(low[t, node])
-        hi = np.float64(high[t, node])
-        if v > hi:
-            q = (v - hi) / (v - lo)
-            path += alive * q * (level + 1)
-            alive *= 1.0 - q
-        elif v < lo:
-            q = (lo - v) / (hi - v)
-            path += alive * q * (level + 1)
-            alive *= 1.0 - q
-        if v > threshold[t, node]:
+        x = v[feature[t, node]]
+        if x > threshold[t, node]:
+            hi = np.float64(high[t, node])
+            if x > hi:
+                q = (x - hi) / (x - np.float64(low[t, node]))
+                path += alive * q * (level + 1)
+                alive *= 1.0 - q
             node = 2 * node + 2
         else:
+            lo = np.float64(low[t, node])
+            if x < lo:
+                q = (lo - x) / (np.float64(high[t, node]) - x)
+                path += alive * q * (level + 1)
+                alive *= 1.0 - q
             node = 2 * node + 1
     n_internal = (1 << depth) - 1
     leaf: float = table[leaf_code[t, node - n_internal]]
     return path + alive * leaf
+
+
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def model_row(
+    x: F32, i: int, cols: npt.NDArray[np.intp], floor: F32, out: F32
+) -> None:  # pragma: no cover - compiled
+    """Row ``i``'s model features, each raised to its floor, into ``out``."""
+    for f in range(out.shape[0]):
+        out[f] = max(x[i, cols[f]], floor[f])
 
 
 @njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
@@ -140,12 +146,12 @@ def _path_lengths(
     depth: int,
     out: F64,
 ) -> None:  # pragma: no cover - compiled
+    v = np.empty(floor.shape[0], dtype=np.float32)
     for i in range(x.shape[0]):
+        model_row(x, i, cols, floor, v)
         total = 0.0
         for t in range(feature.shape[0]):
-            total += tree_path_length(
-                x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
-            )
+            total += tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
         out[i] = total
 
 
@@ -314,19 +320,21 @@ def _out_of_bag_path_lengths(
 ) -> None:  # pragma: no cover - compiled
     cols = np.arange(x.shape[1])
     n_trees = feature.shape[0]
+    v = np.empty(x.shape[1], dtype=np.float32)
     for i in range(x.shape[0]):
+        model_row(x, i, cols, floor, v)
         total = 0.0
         used = 0
         for t in range(n_trees):
             if not in_bag[t, i]:
                 total += tree_path_length(
-                    x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
+                    v, t, feature, threshold, low, high, leaf_code, table, depth
                 )
                 used += 1
         if used == 0:  # every tree saw the row: its in-bag length is all there is
             for t in range(n_trees):
                 total += tree_path_length(
-                    x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
+                    v, t, feature, threshold, low, high, leaf_code, table, depth
                 )
             used = n_trees
         out[i] = total * n_trees / used

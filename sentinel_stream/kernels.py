@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from sentinel_stream.forest import PATH_TABLE, CompiledForest, tree_path_length
+from sentinel_stream.forest import PATH_TABLE, CompiledForest, model_row, tree_path_length
 
 _EMPTY_I8 = np.zeros((0, 1), dtype=np.int8)
 _EMPTY_F32 = np.zeros((0, 1), dtype=np.float32)
@@ -43,6 +43,7 @@ def _score_route(
     deviations: npt.NDArray[np.float64],
 ) -> None:  # pragma: no cover - compiled
     n_trees = feature.shape[0]
+    v = np.empty(floor.shape[0], dtype=np.float32)
     for i in range(x.shape[0]):
         worst = -np.inf
         excess = 0.0
@@ -55,11 +56,10 @@ def _score_route(
         if n_trees == 0:
             scores[i] = rule
             continue
+        model_row(x, i, cols, floor, v)
         total = 0.0
         for t in range(n_trees):
-            total += tree_path_length(
-                x, i, cols, floor, t, feature, threshold, low, high, leaf_code, table, depth
-            )
+            total += tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
         forest = 1.0 if denominator == 0 else 2.0 ** (-(total / denominator))
         if rule < rules_threshold:
             mapped = rule * (model_threshold / rules_threshold)
