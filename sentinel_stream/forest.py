@@ -60,6 +60,8 @@ F64 = npt.NDArray[np.float64]
 _N_MAX = 4096
 """The largest ``max_samples`` supported; a leaf holds at most this many rows."""
 _DEPTH_MAX = 12
+_ALL_TREES = np.zeros((0, 0), dtype=np.bool_)
+"""``in_bag`` for :func:`_path_lengths` meaning: every tree scores every row."""
 
 
 def average_path_length(n: int) -> float:
@@ -135,7 +137,7 @@ def model_row(
 @njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
 def _path_lengths(
     x: F32,
-    cols: npt.NDArray[np.intp],
+    in_bag: npt.NDArray[np.bool_],
     floor: F32,
     feature: npt.NDArray[np.int8],
     threshold: F32,
@@ -146,13 +148,25 @@ def _path_lengths(
     depth: int,
     out: F64,
 ) -> None:  # pragma: no cover - compiled
-    v = np.empty(floor.shape[0], dtype=np.float32)
+    """Total path length of each row over all trees; with ``in_bag`` (trees, rows), over
+    the trees that did not sample the row, scaled to all trees (all of them if every
+    tree sampled it)."""
+    cols = np.arange(x.shape[1])
+    n_trees = feature.shape[0]
+    out_of_bag_only = in_bag.shape[1] > 0
+    v = np.empty(x.shape[1], dtype=np.float32)
     for i in range(x.shape[0]):
         model_row(x, i, cols, floor, v)
         total = 0.0
-        for t in range(feature.shape[0]):
-            total += tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
-        out[i] = total
+        oob = 0.0
+        used = 0
+        for t in range(n_trees):
+            length = tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
+            total += length
+            if out_of_bag_only and not in_bag[t, i]:
+                oob += length
+                used += 1
+        out[i] = oob * n_trees / used if used > 0 else total
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -191,10 +205,9 @@ class CompiledForest:
         if x32.ndim != 2 or x32.shape[1] != self.n_features:
             raise ValueError(f"expected shape (n, {self.n_features}), got {x32.shape}")
         depths = np.zeros(x32.shape[0])
-        cols = np.arange(self.n_features, dtype=np.intp)
         _path_lengths(
             x32,
-            cols,
+            _ALL_TREES,
             self.floor,
             self.feature,
             self.threshold,
@@ -304,42 +317,6 @@ def _fill_ranges(
                     node = 2 * node + 1
 
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
-def _out_of_bag_path_lengths(
-    x: F32,
-    in_bag: npt.NDArray[np.bool_],
-    floor: F32,
-    feature: npt.NDArray[np.int8],
-    threshold: F32,
-    low: F32,
-    high: F32,
-    leaf_code: npt.NDArray[np.uint16],
-    table: F64,
-    depth: int,
-    out: F64,
-) -> None:  # pragma: no cover - compiled
-    cols = np.arange(x.shape[1])
-    n_trees = feature.shape[0]
-    v = np.empty(x.shape[1], dtype=np.float32)
-    for i in range(x.shape[0]):
-        model_row(x, i, cols, floor, v)
-        total = 0.0
-        used = 0
-        for t in range(n_trees):
-            if not in_bag[t, i]:
-                total += tree_path_length(
-                    v, t, feature, threshold, low, high, leaf_code, table, depth
-                )
-                used += 1
-        if used == 0:  # every tree saw the row: its in-bag length is all there is
-            for t in range(n_trees):
-                total += tree_path_length(
-                    v, t, feature, threshold, low, high, leaf_code, table, depth
-                )
-            used = n_trees
-        out[i] = total * n_trees / used
-
-
 def in_bag_rows(model: IsolationForest) -> npt.NDArray[np.intp]:
     """(trees, max_samples): the rows each tree was fit on."""
     return np.asarray(model.estimators_samples_, dtype=np.intp)
@@ -360,7 +337,7 @@ def out_of_bag_scores(
     in_bag = np.zeros((forest.n_trees, len(x32)), dtype=np.bool_)
     in_bag[np.arange(forest.n_trees)[:, None], samples] = True
     depths = np.zeros(len(x32))
-    _out_of_bag_path_lengths(
+    _path_lengths(
         x32,
         in_bag,
         forest.floor,
