@@ -1,4 +1,4 @@
-"""``POST /analyze-flow`` under load, next to a plain handler and the older design.
+"""``POST /analyze-flow`` under load, next to a plain handler and the v1 design.
 
 Not a test: it prints figures. Three servers, each its own process on 127.0.0.1, get the
 same load from ``wrk`` (Debian's; ``scripts/system-deps.sh`` installs it): concurrency 32,
@@ -6,7 +6,7 @@ bodies cycling over warmed routes.
 
 - ``plain``: an aiohttp handler that parses the JSON body and answers ``{"status": "OK"}``
   (the ceiling of aiohttp on this machine);
-- ``older``: the older service's design: one IsolationForest, one sklearn
+- ``v1``: the v1 service's design: one IsolationForest, one sklearn
   ``score_samples`` call per request;
 - ``sentinel``: ``sentinel-stream run`` on a real broker, HTTP events forwarded to Kafka
   as in production, routes warmed until they have models.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for tests.support (the broker helpers)
 
 ROUTES = [f"/bench/r{i}" for i in range(10)]
 
@@ -61,7 +61,7 @@ def serve_plain(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def serve_older(port: int) -> None:
+def serve_v1(port: int) -> None:
     import numpy as np
     from aiohttp import web
     from sklearn.ensemble import IsolationForest
@@ -228,11 +228,11 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS or a local broker")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--serve", choices=["plain", "older"], help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=["plain", "v1"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        (serve_plain if args.serve == "plain" else serve_older)(args.port)
+        (serve_plain if args.serve == "plain" else serve_v1)(args.port)
         return 0
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -240,11 +240,11 @@ def main() -> int:
         if args.bootstrap:
             rows.append(run_sentinel(args.bootstrap, args.seconds, args.connections, tmp))
         else:
-            from kafka_broker import broker_for_tests
+            from tests.support.kafka_broker import broker_for_tests
 
             with broker_for_tests() as bootstrap:
                 rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp))
-        rows.append(run_baseline("older", args.seconds, args.connections, tmp))
+        rows.append(run_baseline("v1", args.seconds, args.connections, tmp))
     plain = rows[0]["requests_per_s"]
     for r in rows:
         r["ratio_to_plain"] = round(r["requests_per_s"] / plain, 3) if plain else None

@@ -9,11 +9,11 @@ and PNG charts. The sections:
 
 1. stream throughput and latency vs a pass-through consumer-producer (and with a
    hanging LLM configured);
-2. ``POST /analyze-flow`` vs a plain aiohttp handler and the older design;
+2. ``POST /analyze-flow`` vs a plain aiohttp handler and the v1 design;
 3. memory vs number of routes (up to 100,000), and a compiled model's size vs sklearn's;
 4. refit cost, and what refitting does to scoring latency (worker process vs inline);
 5. detection quality: ``evaluate`` on KDD Cup 99 http and on the synthetic set, with the
-   baselines (batch IsolationForest, River's HalfSpaceTrees, the older design).
+   baselines (batch IsolationForest, River's HalfSpaceTrees, the v1 design).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for tests.support (the broker helpers)
 OUT = ROOT / "bench" / "results"
 KDD = ROOT.parent / "shared" / "datasets" / "kdd99-http" / "http.mat"
 PY = sys.executable
@@ -77,10 +77,10 @@ def rss_bytes() -> int:
 
 
 def memory_vs_routes(sizes: list[int], events_per_route: int) -> dict[str, Any]:
-    from sentinel_stream.detector import Detector, DetectorParams
-    from sentinel_stream.forest import fit_forest
-    from sentinel_stream.refit import InlineRefitter
-    from sentinel_stream.rules import telemetry_rules
+    from sentinel_stream.detect.detector import Detector, DetectorParams
+    from sentinel_stream.detect.forest import fit_forest
+    from sentinel_stream.detect.refit import InlineRefitter
+    from sentinel_stream.detect.rules import telemetry_rules
 
     rows_out = []
     rng = np.random.default_rng(0)
@@ -122,9 +122,8 @@ def memory_vs_routes(sizes: list[int], events_per_route: int) -> dict[str, Any]:
 
 def refit_cost(fits: int) -> dict[str, Any]:
     from sentinel_stream.config import Settings
-    from sentinel_stream.decode import Event
-    from sentinel_stream.engine import Engine
-    from sentinel_stream.forest import fit_forest
+    from sentinel_stream.detect.forest import fit_forest
+    from sentinel_stream.engine import Engine, Event
 
     rng = np.random.default_rng(1)
     x = np.log1p(rng.lognormal(4, 0.3, size=(2000, 2))).astype(np.float32)
@@ -183,10 +182,10 @@ def refit_cost(fits: int) -> dict[str, Any]:
 
 
 def quality(
-    path: Path, older_rows: int, hst_rows: int, older_slice: tuple[int, int] | None = None
+    path: Path, v1_rows: int, hst_rows: int, v1_slice: tuple[int, int] | None = None
 ) -> dict[str, Any]:
-    from sentinel_stream import evaluate as ev
     from sentinel_stream.config import Settings
+    from sentinel_stream.tools import evaluate as ev
 
     data = ev.load(path)
     scores, flags, seconds = ev.score_stream(data, Settings(refit_workers=0, seed=1))
@@ -196,7 +195,7 @@ def quality(
     for rep, base_scores in (
         ev.baseline_batch(x, data.y),
         ev.baseline_hst(x, data.y, hst_rows),
-        older(ev, x, data.y, older_rows, older_slice),
+        v1(ev, x, data.y, v1_rows, v1_slice),
     ):
         results.append(rep)
         if "roc_auc" in rep:
@@ -205,16 +204,16 @@ def quality(
     return {"file": str(path.name), "rows": len(data.y), "results": results, "curves": curves}
 
 
-def older(
+def v1(
     ev: Any, x: np.ndarray, y: np.ndarray, rows: int, where: tuple[int, int] | None
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The older design on a prefix, or on a stated slice where a prefix holds no anomaly
+    """The v1 design on a prefix, or on a stated slice where a prefix holds no anomaly
     (it scores ~30 rows/s: a whole set would take hours)."""
     if where is None:
-        result: tuple[dict[str, Any], np.ndarray] = ev.baseline_older(x, y, rows)
+        result: tuple[dict[str, Any], np.ndarray] = ev.baseline_v1(x, y, rows)
         return result
     a, b = where
-    rep, scores = ev.baseline_older(x[a:b], y[a:b], b - a)
+    rep, scores = ev.baseline_v1(x[a:b], y[a:b], b - a)
     rep["note"] = f"rows {a:,}-{b:,} only (no attack before row 201,669)"
     rep["slice"] = [a, b]
     return rep, scores
@@ -267,13 +266,13 @@ def charts(res: dict[str, Any]) -> list[str]:
     ax[0].set_xticks(idx, names)
     ax[0].set_title("produce-to-verdict latency (ms)")
     ax[0].legend()
-    names = [r["case"] for r in http if r["case"] != "older"]
-    sel = [r for r in http if r["case"] != "older"]
+    names = [r["case"] for r in http if r["case"] != "v1"]
+    sel = [r for r in http if r["case"] != "v1"]
     idx = np.arange(len(sel))
     ax[1].bar(idx - w / 2, [r["p50_ms"] for r in sel], w, label="p50")
     ax[1].bar(idx + w / 2, [r["p99_ms"] for r in sel], w, label="p99")
     ax[1].set_xticks(idx, names)
-    ax[1].set_title("HTTP latency (ms; older design off scale)")
+    ax[1].set_title("HTTP latency (ms; v1 design off scale)")
     ax[1].legend()
     fig.tight_layout()
     fig.savefig(OUT / "latency.png", dpi=110)
@@ -355,8 +354,8 @@ def write_report(res: dict[str, Any], images: list[str]) -> None:
     lines += [
         "",
         f"`sentinel` is the full service (scoring, forwarding each event to Kafka, the Kafka "
-        f"loop learning it); `plain` parses JSON and answers; `older` calls sklearn's "
-        f"`score_samples` per request ({h['older']['requests_per_s']} requests/s).",
+        f"loop learning it); `plain` parses JSON and answers; `v1` calls sklearn's "
+        f"`score_samples` per request ({h['v1']['requests_per_s']} requests/s).",
         "",
         "## Memory",
         "",
@@ -437,7 +436,7 @@ def main() -> int:
     if args.bootstrap:
         with_broker(args.bootstrap)
     else:
-        from kafka_broker import broker_for_tests
+        from tests.support.kafka_broker import broker_for_tests
 
         with broker_for_tests() as bootstrap:
             with_broker(bootstrap)
@@ -464,7 +463,7 @@ def main() -> int:
     )
     res["quality"]["synthetic"] = quality(synth, 300 if quick else 5000, 10**9)
     if KDD.exists() and not quick:
-        res["quality"]["kdd"] = quality(KDD, 0, 10**9, older_slice=(308_000, 318_000))
+        res["quality"]["kdd"] = quality(KDD, 0, 10**9, v1_slice=(308_000, 318_000))
     images = charts(res)
     (OUT / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     write_report(res, images)

@@ -35,16 +35,17 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from sentinel_stream.checkpoint import Checkpoint
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
-from sentinel_stream.kafka.batching import next_batch
-from sentinel_stream.kafka.clients import consumer_config, producer_config
 from sentinel_stream.metrics import Metrics
-from sentinel_stream.pipeline import Pipeline
-from sentinel_stream.synthetic import generate
+from sentinel_stream.stream.checkpoint import Checkpoint
+from sentinel_stream.stream.kafka.batching import next_batch
+from sentinel_stream.stream.kafka.clients import consumer_config, producer_config
+from sentinel_stream.stream.kafka.produce import produce_waiting
+from sentinel_stream.stream.pipeline import Pipeline
+from sentinel_stream.tools.synthetic import generate
 
 PARTITIONS = 6
 
@@ -76,12 +77,7 @@ class PassThrough:
                 for m in msgs:
                     if m.error() is not None:
                         continue
-                    while True:
-                        try:
-                            self.producer.produce(out, m.value(), m.key())
-                            break
-                        except BufferError:
-                            self.producer.poll(0.05)
+                    produce_waiting(self.producer, out, m.value(), m.key())
                     self.checkpoint.track(m.partition() or 0, m.offset() or 0)
                 self.producer.poll(0)
                 if self.checkpoint.due():
@@ -102,12 +98,7 @@ def preload(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
     t = time.perf_counter()
     for i, e in enumerate(events):
         e = {**e, "event_id": f"p{i}"}
-        while True:
-            try:
-                p.produce(topic, orjson.dumps(e), e["route"].encode())
-                break
-            except BufferError:
-                p.poll(0.05)
+        produce_waiting(p, topic, orjson.dumps(e), e["route"].encode())
     assert p.flush(120) == 0
     return time.perf_counter() - t
 
@@ -240,9 +231,8 @@ def main() -> int:
 
     def pipeline_llm_hang(s: Settings) -> Pipeline:
         """The pipeline with its anomalies handed to an LLM server that never answers."""
-        from llm_standins import StandIn
-
-        from sentinel_stream.llm import ChatBackend, Explainer, ExplainRequest
+        from sentinel_stream.explain.llm import ChatBackend, Explainer, ExplainRequest
+        from tests.support.llm_standins import StandIn
 
         server = StandIn("hang").start()
         loop = asyncio.new_event_loop()
@@ -273,7 +263,7 @@ def main() -> int:
     if args.bootstrap:
         rows = measure(args.bootstrap)
     else:
-        from kafka_broker import broker_for_tests
+        from tests.support.kafka_broker import broker_for_tests
 
         with broker_for_tests() as bootstrap:
             rows = measure(bootstrap)

@@ -19,15 +19,15 @@ import structlog
 from aiohttp import web
 
 from sentinel_stream.config import Settings
+from sentinel_stream.detect.kernels import warm_up_kernel
 from sentinel_stream.engine import Engine
-from sentinel_stream.forest import warm_up_kernel
-from sentinel_stream.forward import SideProducer
-from sentinel_stream.kafka.clients import make_admin
-from sentinel_stream.kafka.topics import ensure_topics
-from sentinel_stream.llm import Breaker, ChatBackend, Explainer, ExplainRequest
+from sentinel_stream.explain.llm import Breaker, ChatBackend, Explainer, ExplainRequest
+from sentinel_stream.http.server import make_app
 from sentinel_stream.metrics import Metrics
-from sentinel_stream.pipeline import Pipeline, PipelineError, describe
-from sentinel_stream.server import make_app
+from sentinel_stream.stream.kafka.clients import make_admin
+from sentinel_stream.stream.kafka.topics import ensure_topics
+from sentinel_stream.stream.pipeline import Pipeline, PipelineError, describe
+from sentinel_stream.stream.side_producer import SideProducer
 
 log = structlog.get_logger("sentinel_stream.app")
 

@@ -27,7 +27,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sentinel_stream.app import run
-    from sentinel_stream.kafka.topics import BrokerUnreachable, TopicsMissing
+    from sentinel_stream.stream.kafka.topics import BrokerUnreachable, TopicsMissing
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -41,9 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo_producer(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
-    from sentinel_stream.kafka.clients import make_admin
-    from sentinel_stream.kafka.topics import ensure_topics
-    from sentinel_stream.synthetic import generate
+    from sentinel_stream.stream.kafka.clients import make_admin
+    from sentinel_stream.stream.kafka.produce import produce_waiting
+    from sentinel_stream.stream.kafka.topics import ensure_topics
+    from sentinel_stream.tools.synthetic import generate
 
     settings = _settings(args, create_topics=True) if args.create_topics else _settings(args)
     topic = args.topic or settings.input_topic
@@ -70,14 +71,9 @@ def cmd_demo_producer(args: argparse.Namespace) -> int:
         headers: list[tuple[str, str | bytes | None]] = [
             ("sentinel.demo.label", (item.kind or "normal").encode())
         ]
-        while True:
-            try:
-                producer.produce(
-                    topic, orjson.dumps(item.event), item.event["route"].encode(), headers=headers
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(
+            producer, topic, orjson.dumps(item.event), item.event["route"].encode(), headers
+        )
         producer.poll(0)
         sent += 1
         anomalies += item.is_anomaly
@@ -151,7 +147,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sentinel_stream import evaluate as ev
+    from sentinel_stream.tools import evaluate as ev
 
     overrides: dict[str, Any] = {"refit_workers": 0, "seed": args.seed}
     settings = load_settings(**overrides)
@@ -172,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         x = ev.baseline_features(data)
         rows.append(ev.baseline_batch(x, data.y, args.seed or 0)[0])
         rows.append(ev.baseline_hst(x, data.y, args.hst_rows)[0])
-        rows.append(ev.baseline_older(x, data.y, args.older_rows)[0])
+        rows.append(ev.baseline_v1(x, data.y, args.v1_rows)[0])
     if args.json:
         print(json.dumps({"file": str(args.file), "results": rows}))
     else:
@@ -184,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     import csv
 
-    from sentinel_stream.synthetic import generate
+    from sentinel_stream.tools.synthetic import generate
 
     with open(args.out, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -206,7 +202,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from sentinel_stream.schemas import write_schemas
+    from sentinel_stream.tools.schemas import write_schemas
 
     for path in write_schemas(Path(args.out)):
         print(path)
@@ -263,10 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the baselines in the same harness (default: yes)",
     )
     evaluate.add_argument(
+        "--v1-rows",
         "--older-rows",
+        dest="v1_rows",
         type=int,
         default=20_000,
-        help="prefix the older design runs on (it scores ~200 rows/s)",
+        help="prefix the v1 service's design runs on (it is slow: one sklearn call a row)",
     )
     evaluate.add_argument(
         "--hst-rows", type=int, default=10**9, help="prefix River's HalfSpaceTrees runs on"

@@ -1,8 +1,8 @@
 """Settings from the environment, validated once at start.
 
-Every setting is an environment variable (the table in the README is generated from
-this class: ``sentinel-stream config-table``). A bad value stops the process with a
-message that names the variable, never a traceback. The older service's names
+Every setting is an environment variable, described once here (the README's table
+repeats the descriptions). A bad value stops the process with a
+message that names the variable, never a traceback. The v1 service's names
 (SENTINEL_PORT, SENTINEL_HISTORY_MAX, SENTINEL_CONTAMINATION, OLLAMA_HOST, OLLAMA_MODEL)
 keep their meaning.
 
@@ -22,6 +22,8 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sentinel_stream.detect.params import DEFAULTS as _D
 
 KAFKA_OPT_PREFIX = "SENTINEL_KAFKA_OPT_"
 
@@ -88,22 +90,22 @@ class Settings(BaseSettings):
     # Per-route state
     history_max: Annotated[
         int, Field(ge=16, le=1_000_000, description="per-route window size, events")
-    ] = 1000
+    ] = _D.history_max
     max_routes: Annotated[
         int, Field(ge=1, description="routes tracked at once; least recently seen evicted")
-    ] = 10_000
+    ] = _D.max_routes
     max_models: Annotated[
         int, Field(ge=1, description="trained models kept at once; least recently seen dropped")
-    ] = 5_000
+    ] = _D.max_models
 
     # Detector
     contamination: Annotated[
         float,
         Field(gt=0, lt=0.5, description="expected share of anomalies; sets each route's threshold"),
-    ] = 0.001
+    ] = _D.contamination
     score_floor: Annotated[
         float, Field(ge=0, le=1, description="no route's model threshold goes below this score")
-    ] = 0.68
+    ] = _D.score_floor
     learn_margin: Annotated[
         float,
         Field(
@@ -111,22 +113,28 @@ class Settings(BaseSettings):
             le=1,
             description="events scored this far above the threshold are kept out of training",
         ),
-    ] = 0.1
+    ] = _D.learn_margin
     min_history: Annotated[
         int | None,
-        Field(ge=8, description="events before a route's first model (default: min(128, window))"),
+        Field(
+            ge=8,
+            description=f"events before a route's first model (default: min({_D.min_history}, "
+            "window))",
+        ),
     ] = None
     refit_every: Annotated[
         int, Field(ge=1, description="new events in a route's window before a refit is due")
-    ] = 250
+    ] = _D.refit_every
     refit_min_interval_s: Annotated[
         float, Field(ge=0, description="least seconds between two refits of one route")
-    ] = 15.0
+    ] = _D.refit_min_interval_s
     refit_workers: Annotated[
         int, Field(ge=0, le=64, description="refit processes; 0 refits inline (tests, evaluate)")
     ] = 1
-    n_estimators: Annotated[int, Field(ge=1, le=1000, description="trees per model")] = 100
-    max_samples: Annotated[int, Field(ge=2, le=4096, description="rows per tree")] = 256
+    n_estimators: Annotated[int, Field(ge=1, le=1000, description="trees per model")] = (
+        _D.n_estimators
+    )
+    max_samples: Annotated[int, Field(ge=2, le=4096, description="rows per tree")] = _D.max_samples
     rule_factor: Annotated[
         float, Field(gt=1, description="times a route's typical value that rules flag")
     ] = 20.0
@@ -135,7 +143,7 @@ class Settings(BaseSettings):
     ] = 5
     seed: int | None = Field(None, description="random seed of model fits (reproducible runs)")
 
-    # LLM (older service's names)
+    # LLM (the v1 service's names)
     ollama_host: str | None = Field(
         None,
         validation_alias=AliasChoices("OLLAMA_HOST", "SENTINEL_OLLAMA_HOST"),
@@ -181,7 +189,7 @@ class Settings(BaseSettings):
         if self.max_models > self.max_routes:
             raise ValueError("SENTINEL_MAX_MODELS must not exceed SENTINEL_MAX_ROUTES")
         if self.min_history is None:
-            object.__setattr__(self, "min_history", min(128, self.history_max))
+            object.__setattr__(self, "min_history", min(_D.min_history, self.history_max))
         elif self.min_history > self.history_max:
             raise ValueError("SENTINEL_MIN_HISTORY must not exceed SENTINEL_HISTORY_MAX")
         return self

@@ -1,17 +1,17 @@
-"""Shared fixtures: a real Kafka broker for the session, unique topics per test."""
+"""Shared fixtures: a real Kafka broker for the session, unique topics per test.
+
+The broker starts only when a test asks for ``bootstrap`` (the integration tests), so the
+unit tests run without Java.
+"""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from kafka_broker import broker_for_tests
+from tests.support.kafka_broker import broker_for_tests
 
 
 @pytest.fixture(scope="session")

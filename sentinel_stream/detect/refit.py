@@ -1,0 +1,225 @@
+"""Where models are fitted: off the hot path, within a fixed budget.
+
+A fit costs a fixed slice of CPU whatever the window size (the benchmark report gives
+it), and with thousands of routes the fits wanted can exceed what the machine can do.
+So refit capacity is a fixed budget:
+``SENTINEL_REFIT_WORKERS`` processes (default 1, one core beside the consumer's; a
+process, not a thread, so a fit never holds the consumer's GIL). Requests wait in two
+FIFO queues, first fits before refits, and a route has at most one request queued or
+running (the detector guarantees it), so under overload every route is refit in turn
+and the queue never holds more entries than there are routes. The window is copied when
+a worker takes the request, not when it was made, so a fit always sees the freshest
+rows.
+
+:class:`InlineRefitter` runs the same fit at once in the caller: ``evaluate`` and tests
+use it so that results do not depend on timing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from sentinel_stream.detect.forest import CompiledForest, fit_scored
+from sentinel_stream.detect.kernels import warm_up_kernel
+from sentinel_stream.detect.threshold import tail_threshold
+
+
+@dataclass(frozen=True, slots=True)
+class FitRequest:
+    route: str
+    token: int
+    rows: npt.NDArray[np.float32]
+    n_estimators: int
+    max_samples: int
+    contamination: float
+    score_floor: float
+    seed: int | None
+    one_sided: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    route: str
+    token: int
+    forest: CompiledForest | None
+    """None when the fit failed (``error`` says why)."""
+    threshold: float
+    trained_on: int
+    seconds: float
+    error: str | None = None
+
+
+RequestFactory = Callable[[], FitRequest | None]
+"""Builds the request when a worker is free; None if the route is gone by then."""
+
+
+def fit_route(request: FitRequest) -> FitResult:
+    """Fit one route's model, its threshold and its baseline. Runs in a refit worker."""
+    started = time.perf_counter()
+    forest, _, train_scores = fit_scored(
+        request.rows, request.n_estimators, request.max_samples, request.seed, request.one_sided
+    )
+    assert train_scores is not None
+    threshold = tail_threshold(train_scores, request.contamination)
+    threshold = min(max(threshold, request.score_floor), 1.0)
+    return FitResult(
+        route=request.route,
+        token=request.token,
+        forest=forest,
+        threshold=threshold,
+        trained_on=len(request.rows),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _failed(route: str, token: int, error: str) -> FitResult:
+    return FitResult(route, token, None, 1.0, 0, 0.0, error)
+
+
+class Refitter(Protocol):
+    def submit(self, route: str, first: bool, make: RequestFactory) -> None: ...
+
+    def collect(self) -> list[FitResult]: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def running(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class InlineRefitter:
+    """Fits at once, in the caller's thread: deterministic, for evaluate and tests."""
+
+    def __init__(self) -> None:
+        self._done: list[FitResult] = []
+        self.failures = 0
+
+    def submit(self, route: str, first: bool, make: RequestFactory) -> None:
+        request = make()
+        if request is None:
+            return
+        try:
+            self._done.append(fit_route(request))
+        except Exception as exc:  # a bad fit must not stop scoring
+            self.failures += 1
+            self._done.append(_failed(route, request.token, repr(exc)))
+
+    def collect(self) -> list[FitResult]:
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def queued(self) -> int:
+        return 0
+
+    @property
+    def running(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self._done.clear()
+
+
+class ProcessRefitter:
+    """Fits in worker processes, first fits before refits, at most ``workers`` at once."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self._workers = workers
+        self._first: deque[tuple[str, RequestFactory]] = deque()
+        self._again: deque[tuple[str, RequestFactory]] = deque()
+        self._inflight: dict[Future[FitResult], tuple[str, int]] = {}
+        self._done: list[FitResult] = []
+        self._pool = self._new_pool()
+        self.failures = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs librdkafka threads, which fork does not copy.
+        return ProcessPoolExecutor(
+            self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=warm_up_kernel,
+        )
+
+    def submit(self, route: str, first: bool, make: RequestFactory) -> None:
+        (self._first if first else self._again).append((route, make))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while len(self._inflight) < self._workers and (self._first or self._again):
+            route, make = (self._first or self._again).popleft()
+            request = make()
+            if request is None:
+                continue
+            try:
+                future = self._pool.submit(fit_route, request)
+            except (BrokenProcessPool, RuntimeError) as exc:
+                self.failures += 1
+                self._done.append(_failed(route, request.token, repr(exc)))
+                self._pool = self._new_pool()
+                continue
+            self._inflight[future] = (route, request.token)
+
+    def collect(self) -> list[FitResult]:
+        for future in [f for f in self._inflight if f.done()]:
+            route, token = self._inflight.pop(future)
+            try:
+                self._done.append(future.result())
+            except Exception as exc:  # a worker died or the fit raised
+                self.failures += 1
+                self._done.append(_failed(route, token, repr(exc)))
+                if isinstance(exc, BrokenProcessPool):
+                    self._pool = self._new_pool()
+        self._dispatch()
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def queued(self) -> int:
+        return len(self._first) + len(self._again)
+
+    @property
+    def running(self) -> int:
+        return len(self._inflight)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued or running (tests, benchmarks, drain)."""
+        deadline = time.monotonic() + timeout
+        while self.queued or self.running:
+            if time.monotonic() > deadline:
+                return False
+            pending = list(self._inflight)
+            if pending:
+                wait(
+                    pending,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when=FIRST_COMPLETED,
+                )
+            done = self.collect()  # collect() swaps self._done: keep what it returns
+            self._done.extend(done)
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._first.clear()
+        self._again.clear()
+        self._inflight.clear()
+
+
+def make_refitter(workers: int) -> Refitter:
+    """Worker processes, or inline fits with ``workers == 0``."""
+    return ProcessRefitter(workers) if workers > 0 else InlineRefitter()

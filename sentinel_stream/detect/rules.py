@@ -1,0 +1,101 @@
+"""Warm-up rules: what scores a route until it has a model, and must catch the obvious.
+
+A rule compares each feature with the route's typical value in the detector's log space,
+where "20 times the median" is a fixed distance, ``log(20)``. Each feature has a factor
+and a reference: latency and input size are compared with the route's median, errors
+with its 90th percentile (a route that errs on 2 % of requests has p90 = 0, so a burst
+of ``error_burst`` errors is ``error_burst + 1`` times that). A route with too little
+history is compared with cold defaults, so that a fresh service still flags a 25 s
+request with 15 errors.
+
+The score is ``max_f deviation_f / 2`` in units of each feature's factor, clipped to
+[0, 1]: exactly at the factor it is 0.5, the rules' threshold. With ``sum_excess``
+(telemetry's rules), the features' excesses over their references are summed instead:
+one feature at its factor still scores 0.5, and so do two features each at half of it
+(latency and input each about 4.5 times the median). An incident that raises latency,
+input size and errors together, mildly on each axis, is as anomalous as one extreme
+value, and the forest, which does not see errors, would miss it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from sentinel_stream.detect.baseline import Baseline
+
+RULES_THRESHOLD = 0.5
+RULE_MIN_HISTORY = 8
+"""Events a route needs before rules compare with its own values rather than cold defaults."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """How one feature is judged during warm-up."""
+
+    factor: float
+    reference: Literal["median", "p90", "p99", "max"]
+    cold_typical: float
+    """The reference used before a route has history, in the detector's space."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    scores: npt.NDArray[np.float64]
+    deviations: npt.NDArray[np.float64]
+    """Per feature, how far above its reference, in units of the feature's factor."""
+
+
+class RuleScorer:
+    """Scores rows against a route's baseline with fixed per-feature factors."""
+
+    def __init__(self, specs: tuple[RuleSpec, ...], sum_excess: bool = False) -> None:
+        self.specs = specs
+        self.sum_excess = sum_excess
+        self.log_factor = np.array([math.log(s.factor) for s in specs])
+        self._cold = np.array([s.cold_typical for s in specs])
+        self._use_p90 = np.array([s.reference == "p90" for s in specs])
+        self._use_p99 = np.array([s.reference == "p99" for s in specs])
+        self._use_max = np.array([s.reference == "max" for s in specs])
+
+    def reference(self, baseline: Baseline | None) -> npt.NDArray[np.float64]:
+        if baseline is None or baseline.count < RULE_MIN_HISTORY:
+            return self._cold
+        ref = np.where(self._use_p90, baseline.p90, baseline.median)
+        ref = np.where(self._use_p99, baseline.p99, ref)
+        return np.where(self._use_max, baseline.top, ref)
+
+    def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
+        threshold: anomalous by the rules alone, whatever a model says."""
+        if self.sum_excess:
+            combined = np.maximum(deviations, 0.0).sum(axis=1)
+        else:
+            combined = deviations.max(axis=1)
+        fired: npt.NDArray[np.bool_] = combined >= 2.0 * RULES_THRESHOLD
+        return fired
+
+    def score(
+        self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]
+    ) -> RuleResult:
+        """Score rows against ``reference`` (from :meth:`reference`, cached by the caller)."""
+        dev = (rows.astype(np.float64) - reference) / self.log_factor
+        combined = np.maximum(dev, 0.0).sum(axis=1) if self.sum_excess else dev.max(axis=1)
+        scores = np.clip(combined / 2.0, 0.0, 1.0)
+        return RuleResult(scores=scores, deviations=dev)
+
+
+def telemetry_rules(rule_factor: float, error_burst: int) -> RuleScorer:
+    """The rules for (latency, input_length, errors) in log1p space."""
+    return RuleScorer(
+        (
+            RuleSpec(rule_factor, "median", math.log1p(500.0)),
+            RuleSpec(rule_factor, "median", math.log1p(1000.0)),
+            RuleSpec(error_burst + 1.0, "p90", 0.0),
+        ),
+        sum_excess=True,
+    )

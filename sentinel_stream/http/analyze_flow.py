@@ -1,0 +1,152 @@
+"""``POST /analyze-flow``: the v1 API (CodeFlow Sentinel's), answered by the same engine.
+
+The request is the input event's fields; the answer keeps the v1 shape
+(``{"status": "OK"}`` or ``THREAT_DETECTED`` with ``action``, ``reason``,
+``prediction_score``, ``confidence``) and adds the verdict's fields. Errors are JSON and
+name the field: 400 for a body that is not JSON, 413 over ``SENTINEL_HTTP_BODY_MAX``,
+415 for a content type other than JSON, 422 for a body that breaks the input contract.
+
+Scoring runs on the event loop: the engine scores one event with the compiled forest
+(not sklearn's ``score_samples``, whose fixed cost per call is milliseconds) and holds
+its lock per route, so the loop never waits for a whole Kafka batch.
+
+``confidence`` says how far past the threshold the score is: 0.5 at the threshold,
+rising linearly to 1.0 at a score of 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from sentinel_stream.clock import now_iso
+from sentinel_stream.engine import Engine, Event
+from sentinel_stream.explain.llm import Explainer, ExplainRequest
+from sentinel_stream.records import (
+    TelemetryEvent,
+    VerdictRecord,
+    describe_validation,
+    field_errors,
+)
+
+JSON_TYPES = ("application/json",)
+
+
+def error_response(
+    status: int, error: str, message: str, fields: list[dict[str, str]] | None = None
+) -> web.Response:
+    body = {"error": error, "message": message, "fields": fields or []}
+    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def confidence(score: float, threshold: float) -> float:
+    if threshold >= 1.0:
+        return 1.0
+    return round(min(1.0, 0.5 + 0.5 * max(0.0, score - threshold) / (1.0 - threshold)), 4)
+
+
+def to_response(verdict: VerdictRecord) -> dict[str, Any]:
+    """The v1 API's shape, then the additive verdict fields."""
+    body: dict[str, Any] = {"status": verdict["status"]}
+    if verdict["is_anomaly"]:
+        body.update(
+            action="freeze",
+            reason=verdict["explanation"]["text"],
+            prediction_score=round(verdict["score"], 4),
+            confidence=confidence(verdict["score"], verdict["threshold"]),
+        )
+    body.update(
+        event_id=verdict["event_id"],
+        score=verdict["score"],
+        threshold=verdict["threshold"],
+        detector=verdict["detector"],
+        warming_up=verdict["warming_up"],
+        model_version=verdict["model_version"],
+        explanation=verdict["explanation"],
+    )
+    return body
+
+
+Forward = Callable[[str, bytes], object]
+"""Sends an event (route, JSON bytes) to the input topic."""
+
+
+class AnalyzeFlow:
+    """The handler, with what it needs: the engine, a body limit, and optionally a way to
+    forward events to the input topic and an LLM explainer with a time budget."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        body_max: int,
+        forward: Forward | None = None,
+        explainer: Explainer | None = None,
+        llm_budget_s: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.body_max = body_max
+        self.forward = forward
+        self.explainer = explainer
+        self.llm_budget_s = llm_budget_s
+        self._id_prefix = f"http-{uuid.uuid4().hex[:12]}-"
+        self._ids = itertools.count(1)
+
+    def _next_id(self) -> str:
+        """Unique per process start and request, without a uuid4 per request."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        if request.content_type not in JSON_TYPES:
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"send application/json, not {request.content_type!r}",
+            )
+        if request.content_length is not None and request.content_length > self.body_max:
+            return self._too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        if len(body) > self.body_max:
+            return self._too_large()
+        try:
+            event = TelemetryEvent.model_validate_json(body)
+        except ValidationError as exc:
+            code, detail = describe_validation(exc)
+            if code == "invalid_json":
+                return error_response(400, "invalid_json", "the body is not a JSON document")
+            return error_response(422, "invalid_event", detail, field_errors(exc, "(body)"))
+        ev = Event.from_record(event, default_id=self._next_id(), default_time=now_iso())
+        # Never learnt here: with forwarding on, the Kafka loop learns the event once.
+        verdict = self.engine.process([ev], learn=False)[0]
+        if self.forward is not None:
+            fields: dict[str, Any] = {
+                "latency": ev.latency,
+                "input_length": ev.input_length,
+                "errors": ev.errors,
+                "route": ev.route,
+                "event_id": ev.event_id,
+                "timestamp": ev.event_time,
+            }
+            if event.user_id is not None:
+                fields["user_id"] = event.user_id
+            self.forward(ev.route, orjson.dumps(fields))
+        answer = to_response(verdict)
+        if verdict["is_anomaly"] and self.explainer is not None and self.llm_budget_s > 0:
+            text = await self.explainer.explain_now(
+                ExplainRequest.from_verdict(verdict), self.llm_budget_s
+            )
+            if text is not None:
+                answer["reason"] = text
+                answer["reason_source"] = "llm"
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    def _too_large(self) -> web.Response:
+        return error_response(413, "too_large", f"the body is larger than {self.body_max} bytes")

@@ -1,0 +1,150 @@
+"""The HTTP side server: the v1 API, liveness, readiness, metrics, OpenAPI.
+
+Liveness (``/health``) answers 200 while the process can serve and the consumer loop is
+not stuck: a loop that is running but has not polled for ``STUCK_AFTER_S`` seconds, or
+that failed, answers 503, so an orchestrator restarts it. A loop that polls and finds
+nothing is healthy: an idle consumer is waiting for traffic, not stuck. Readiness
+(``/ready``) is 200 only when partitions are assigned and the producer works.
+
+Every answer is JSON (but ``/metrics``), errors included: a middleware turns aiohttp's
+404/405/413 into the same error shape as the API's own, and counts every request by
+endpoint (one of the server's routes, else ``other``) and status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sentinel_stream import __version__
+from sentinel_stream.engine import Engine
+from sentinel_stream.explain.llm import Explainer
+from sentinel_stream.http.analyze_flow import AnalyzeFlow, Forward, error_response
+from sentinel_stream.http.openapi import openapi_document
+from sentinel_stream.metrics import Metrics
+from sentinel_stream.status import LoopStatus
+
+STUCK_AFTER_S = 60.0
+
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+STATUS: web.AppKey[LoopStatus] = web.AppKey("status", LoopStatus)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
+
+ENDPOINTS = frozenset({"/analyze-flow", "/health", "/ready", "/metrics", "/openapi.json"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def consumer_state(status: LoopStatus, now: float) -> tuple[str, float | None]:
+    since = now - status.last_poll if status.last_poll else None
+    if status.error:
+        return "failed", since
+    if not status.running:
+        return "stopped", since
+    if since is not None and since > STUCK_AFTER_S:
+        return "stuck", since
+    return "running", since
+
+
+async def health(request: web.Request) -> web.Response:
+    engine, status = request.app[ENGINE], request.app[STATUS]
+    d = engine.detector
+    state, since = consumer_state(status, time.monotonic())
+    healthy = state in ("running", "stopped")
+    body: dict[str, Any] = {
+        "status": "healthy" if healthy else "unhealthy",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "version": __version__,
+        "history_size": d.rows_in_windows(),
+        "detector_trained": d.models_trained > 0,
+        "components": {
+            "consumer": {
+                "state": state,
+                "assigned_partitions": sorted(status.assigned),
+                "consumer_lag": status.consumer_lag,
+                "seconds_since_poll": None if since is None else round(since, 3),
+                "error": status.error,
+            },
+            "producer": {"state": "up" if status.producer_ok else "down"},
+            "detector": {
+                "routes_tracked": d.routes_tracked,
+                "models_trained": d.models_trained,
+                "refits_pending": engine.refitter.queued + engine.refitter.running,
+            },
+        },
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def ready(request: web.Request) -> web.Response:
+    status = request.app[STATUS]
+    reasons = []
+    if not status.running:
+        reasons.append("consumer not running")
+    if not status.assigned:
+        reasons.append("no partitions assigned")
+    if not status.producer_ok:
+        reasons.append("producer not working")
+    if reasons:
+        return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready", "partitions": sorted(status.assigned)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+@web.middleware
+async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    endpoint = path if path in ENDPOINTS else "other"
+    try:
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(413, "too_large", "the body is too large")
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here"
+        )
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+    except web.HTTPException as exc:
+        response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    request.app[METRICS].http_requests.labels(endpoint, str(response.status)).inc()
+    return response
+
+
+def make_app(
+    engine: Engine,
+    status: LoopStatus,
+    metrics_: Metrics,
+    body_max: int = 64 * 1024,
+    forward: Forward | None = None,
+    explainer: Explainer | None = None,
+    llm_budget_s: float = 1.0,
+) -> web.Application:
+    # client_max_size a little above the API's limit so the handler answers 413 itself.
+    app = web.Application(middlewares=[json_errors_and_metrics], client_max_size=body_max + 1024)
+    app[ENGINE] = engine
+    app[STATUS] = status
+    app[METRICS] = metrics_
+    app[OPENAPI] = orjson.dumps(openapi_document())
+    app.router.add_post(
+        "/analyze-flow", AnalyzeFlow(engine, body_max, forward, explainer, llm_budget_s)
+    )
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

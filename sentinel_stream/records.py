@@ -1,0 +1,250 @@
+"""The records that cross the product's boundary: the contract of PRODUCT.md in code.
+
+- The input event is validated with :class:`TelemetryEvent` (strict: a JSON ``true`` is
+  not a number, NaN and infinities are not latencies).
+- The output records are declared twice, on purpose: as pydantic models
+  (:class:`Verdict`, :class:`ExplanationRecord`), from which the JSON Schemas under
+  ``schemas/`` are generated and against which tests validate what the service
+  publishes; and as ``TypedDict`` s (:class:`VerdictRecord`), which is what the hot path
+  builds: a plain dict costs a fraction of a model instance per event, and the type
+  checker still checks every key. ``tests/unit/test_records.py`` holds the two equal.
+- The dead-letter headers and the schema version are named here once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, TypedDict
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+MAX_RECORD_BYTES = 64 * 1024
+"""A record larger than this is a bad record (``too_large``), per the input contract."""
+
+SCHEMA_VERSION: Literal[1] = 1
+"""The ``schema_version`` of every record the service writes."""
+
+DLQ_ERROR = "sentinel.error"
+DLQ_DETAIL = "sentinel.error.detail"
+DLQ_SOURCE_TOPIC = "sentinel.source.topic"
+DLQ_SOURCE_PARTITION = "sentinel.source.partition"
+DLQ_SOURCE_OFFSET = "sentinel.source.offset"
+DEAD_LETTER_HEADERS: tuple[str, ...] = (
+    DLQ_ERROR,
+    DLQ_DETAIL,
+    DLQ_SOURCE_TOPIC,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_OFFSET,
+)
+DETAIL_MAX = 512
+"""Longest ``sentinel.error.detail``: it names fields and rules, never values."""
+
+
+class TelemetryEvent(BaseModel):
+    """One request's telemetry, as a producer emits it to the input topic."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    latency: Annotated[float, Field(ge=0, allow_inf_nan=False, description="milliseconds")]
+    input_length: Annotated[int, Field(ge=0)]
+    errors: Annotated[int, Field(ge=0)]
+    route: Annotated[str, Field(min_length=1, max_length=256)]
+    user_id: Annotated[str | None, Field(max_length=256, description="personal data")] = None
+    timestamp: Annotated[
+        AwareDatetime | None,
+        Field(description="RFC 3339 with offset; default: the Kafka record's timestamp"),
+    ] = None
+    event_id: Annotated[str | None, Field(max_length=128)] = None
+
+
+class Attribution(BaseModel):
+    """How much one feature made an event anomalous, and which way it moved."""
+
+    feature: Literal["latency", "input_length", "errors"]
+    value: float
+    typical: float | None = Field(description="the route's median, null with no history")
+    direction: Literal["high", "low", "typical"]
+    weight: float = Field(ge=0, le=1, description="share of the anomaly; weights sum to 1")
+
+
+class Explanation(BaseModel):
+    """Why a verdict is what it is, in words and per feature."""
+
+    source: Literal["rules", "llm"]
+    text: str
+    attributions: list[Attribution] = Field(default_factory=list)
+
+
+class SourceRef(BaseModel):
+    """Where the event was read from, so that a verdict can be traced to its record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Verdict(BaseModel):
+    """The record published on the output topic for every valid input event."""
+
+    model_config = ConfigDict(title="Verdict")
+
+    kind: Literal["verdict"] = "verdict"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str
+    route: str
+    event_time: datetime
+    scored_at: datetime
+    status: Literal["OK", "THREAT_DETECTED"]
+    is_anomaly: bool
+    score: float = Field(ge=0, le=1, description="higher = more anomalous")
+    threshold: float = Field(ge=0, le=1, description="the score at which the verdict flips")
+    detector: Literal["isolation_forest", "rules"]
+    warming_up: bool
+    model_version: int | None = Field(description="null while warming up")
+    window_size: int = Field(ge=0, description="events in the route's window when scored")
+    explanation: Explanation
+    source: SourceRef | None = Field(description="null for events that came over HTTP")
+
+
+class LlmExplanation(BaseModel):
+    """An LLM's explanation body: it follows a verdict, never holds one up."""
+
+    source: Literal["llm"] = "llm"
+    text: str
+    model: str
+
+
+class ExplanationRecord(BaseModel):
+    """The record that carries an LLM explanation, on the output topic after the verdict."""
+
+    model_config = ConfigDict(title="ExplanationRecord")
+
+    kind: Literal["explanation"] = "explanation"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str
+    route: str
+    created_at: datetime
+    explanation: LlmExplanation
+
+
+class AnalyzeFlowResponse(BaseModel):
+    """``POST /analyze-flow``'s answer: the v1 API's fields, then additive ones."""
+
+    model_config = ConfigDict(title="AnalyzeFlowResponse")
+
+    status: Literal["OK", "THREAT_DETECTED"]
+    action: Literal["freeze"] | None = Field(None, description="THREAT_DETECTED only")
+    reason: str | None = Field(None, description="THREAT_DETECTED only: why, in words")
+    reason_source: Literal["llm"] | None = Field(
+        None, description="'llm' when the reason is the LLM's (else the rule text)"
+    )
+    prediction_score: float | None = Field(None, ge=0, le=1, description="THREAT_DETECTED only")
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="THREAT_DETECTED only: 0.5 at the threshold, 1 far above"
+    )
+    event_id: str
+    score: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1)
+    detector: Literal["isolation_forest", "rules"]
+    warming_up: bool
+    model_version: int | None
+    explanation: Explanation
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the bad field; '(body)' for the whole body")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx answer of the HTTP API."""
+
+    model_config = ConfigDict(title="ErrorResponse")
+
+    error: str = Field(description="a short machine code")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+# -- the hot path's shapes of the output records ------------------------------------------
+
+
+class SourceRecord(TypedDict):
+    topic: str
+    partition: int
+    offset: int
+
+
+class AttributionRecord(TypedDict):
+    feature: str
+    value: float
+    typical: float | None
+    direction: str
+    weight: float
+
+
+class ExplanationBody(TypedDict):
+    source: Literal["rules", "llm"]
+    text: str
+    attributions: list[AttributionRecord]
+
+
+class VerdictRecord(TypedDict):
+    """A :class:`Verdict` as the hot path builds it (see the module doc)."""
+
+    kind: Literal["verdict"]
+    schema_version: Literal[1]
+    event_id: str
+    route: str
+    event_time: str
+    scored_at: str
+    status: Literal["OK", "THREAT_DETECTED"]
+    is_anomaly: bool
+    score: float
+    threshold: float
+    detector: Literal["isolation_forest", "rules"]
+    warming_up: bool
+    model_version: int | None
+    window_size: int
+    explanation: ExplanationBody
+    source: SourceRecord | None
+
+
+class LlmExplanationBody(TypedDict):
+    source: Literal["llm"]
+    text: str
+    model: str
+
+
+class ExplanationRecordDict(TypedDict):
+    """An :class:`ExplanationRecord` as the explainer builds it."""
+
+    kind: Literal["explanation"]
+    schema_version: Literal[1]
+    event_id: str
+    route: str
+    created_at: str
+    explanation: LlmExplanationBody
+
+
+# -- validation errors ---------------------------------------------------------------------
+
+
+def field_errors(exc: ValidationError, whole: str = "(record)") -> list[dict[str, str]]:
+    """Each bad field by its dotted path (``whole`` for the document itself), with
+    pydantic's message, never the value."""
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or whole
+        out.append({"field": loc, "message": err["msg"]})
+    return out
+
+
+def describe_validation(exc: ValidationError) -> tuple[str, str]:
+    """A dead-letter code (``invalid_json`` or ``schema``) and a detail naming each bad
+    field, for the ``sentinel.error`` headers and HTTP's 4xx answers."""
+    errors = exc.errors(include_input=False, include_url=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return "invalid_json", "not a JSON document: " + errors[0]["msg"]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in field_errors(exc))
+    return "schema", detail[:DETAIL_MAX]

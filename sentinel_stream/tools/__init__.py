@@ -1,0 +1,1 @@
+"""Offline commands: evaluation on labelled data, synthetic telemetry, JSON Schemas."""

@@ -1,0 +1,73 @@
+"""Decoding: every rule of the input contract, and bad records keep their bytes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from sentinel_stream.engine import Event
+from sentinel_stream.records import MAX_RECORD_BYTES
+from sentinel_stream.stream.decode import BadRecord, decode_record
+
+GOOD = {"latency": 12.5, "input_length": 10, "errors": 0, "route": "/a"}
+
+
+def dec(value: bytes | None, key: bytes | None = b"/a") -> Event | BadRecord:
+    return decode_record(key, value, "telemetry", 2, 41, 1_700_000_000_123)
+
+
+def test_valid_event_defaults() -> None:
+    ev = dec(orjson.dumps(GOOD))
+    assert isinstance(ev, Event)
+    assert ev.event_id == "telemetry-2-41"
+    assert ev.event_time == "2023-11-14T22:13:20.123Z"
+    assert ev.source == ("telemetry", 2, 41)
+
+
+def test_own_timestamp_and_id_and_unknown_fields() -> None:
+    ev = dec(
+        orjson.dumps(
+            {**GOOD, "timestamp": "2026-01-01T01:00:00.250+01:00", "event_id": "e1", "x": 1}
+        )
+    )
+    assert isinstance(ev, Event)
+    assert ev.event_time == "2026-01-01T00:00:00.250Z"
+    assert ev.event_id == "e1"
+
+
+BAD_CASES = [
+    (b"{not json", "invalid_json", ""),
+    (b"\xff\xfe\x00garbage", "invalid_utf8", ""),
+    (orjson.dumps({**GOOD, "errors": True}), "schema", "errors"),
+    (orjson.dumps({**GOOD, "input_length": 1.5}), "schema", "input_length"),
+    (orjson.dumps({**GOOD, "latency": "12"}), "schema", "latency"),
+    (orjson.dumps({k: v for k, v in GOOD.items() if k != "route"}), "schema", "route"),
+    (orjson.dumps({**GOOD, "latency": -1}), "schema", "latency"),
+    (orjson.dumps({**GOOD, "errors": -3}), "schema", "errors"),
+    (b'{"latency": NaN, "input_length": 1, "errors": 0, "route": "/a"}', "schema", "latency"),
+    (b'{"latency": 1e999, "input_length": 1, "errors": 0, "route": "/a"}', "schema", "latency"),
+    (orjson.dumps({**GOOD, "route": ""}), "schema", "route"),
+    (orjson.dumps({**GOOD, "route": "r" * 257}), "schema", "route"),
+    (orjson.dumps({**GOOD, "user_id": "u" * 257}), "schema", "user_id"),
+    (orjson.dumps({**GOOD, "event_id": "e" * 129}), "schema", "event_id"),
+    (orjson.dumps({**GOOD, "timestamp": "2026-01-01T00:00:00"}), "schema", "timestamp"),
+    (b"[1, 2]", "schema", ""),
+    (orjson.dumps({**GOOD, "pad": "x" * MAX_RECORD_BYTES}), "too_large", ""),
+    (b"", "empty", ""),
+]
+
+
+@pytest.mark.parametrize(("value", "code", "field"), BAD_CASES)
+def test_bad_records(value: bytes, code: str, field: str) -> None:
+    rec = dec(value, key=b"\x00key")
+    assert isinstance(rec, BadRecord)
+    assert rec.error == code
+    assert rec.value == value and rec.key == b"\x00key"
+    assert field in rec.detail
+    assert (rec.topic, rec.partition, rec.offset) == ("telemetry", 2, 41)
+
+
+def test_detail_never_carries_the_value() -> None:
+    rec = dec(orjson.dumps({**GOOD, "user_id": "secret-person-" + "x" * 300}))
+    assert isinstance(rec, BadRecord)
+    assert "secret-person" not in rec.detail

@@ -1,0 +1,46 @@
+"""Warm-up rules: the obvious is flagged before any model, and mild rises add up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sentinel_stream.detect.rules import RuleScorer, telemetry_rules
+from tests.support.telemetry import engine, ev, normal
+
+
+def test_cold_service_flags_the_v1_smoke_test() -> None:
+    v = engine().process([ev("/fresh", 25000, 50000, 15)])[0]
+    assert v["status"] == "THREAT_DETECTED" and v["detector"] == "rules" and v["warming_up"]
+    assert v["model_version"] is None
+    text = v["explanation"]["text"]
+    assert "latency 25,000 ms" in text and "no history" in text
+
+
+def test_warm_up_rules_catch_the_obvious() -> None:
+    e = engine(min_history=500)
+    e.process(normal("/r", 100))
+    base = dict(latency=100.0, input_length=500, errors=0)
+    cases = {
+        "latency": dict(base, latency=2500.0),
+        "input_length": dict(base, input_length=12000),
+        "errors": dict(base, errors=6),
+    }
+    for feature, fields in cases.items():
+        v = e.process([ev("/r", **fields)])[0]  # type: ignore[arg-type]
+        assert v["is_anomaly"] and v["detector"] == "rules", feature
+        top = max(v["explanation"]["attributions"], key=lambda a: a["weight"])
+        assert top["feature"] == feature and top["direction"] == "high"
+    ok = e.process([ev("/r", 130.0, 600, 0)])[0]
+    assert not ok["is_anomaly"]
+
+
+def test_mild_rises_on_every_axis_add_up_to_an_anomaly() -> None:
+    rules = telemetry_rules(20, 5)
+    reference = np.log1p(np.array([100.0, 500.0, 0.0]))
+    joint = np.log1p(np.array([[400.0, 2000.0, 3.0]])).astype(np.float32)
+    one_axis = np.log1p(np.array([[400.0, 500.0, 0.0]])).astype(np.float32)
+    assert rules.sum_excess
+    assert rules.score(joint, reference).scores[0] >= 0.5
+    assert rules.score(one_axis, reference).scores[0] < 0.25
+    # Judged one feature at a time, the same event is not anomalous.
+    assert RuleScorer(rules.specs).score(joint, reference).scores[0] < 0.5

@@ -1,0 +1,49 @@
+"""Bounded per-route memory: the window ring, the long-memory reservoir, the route table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sentinel_stream.detect.window import Reservoir, RouteTable, Window
+
+
+def test_window_keeps_last_rows_in_order() -> None:
+    w = Window(5, 1)
+    for chunk in ([1, 2], [3], [4, 5, 6, 7], [8]):
+        w.extend(np.array(chunk, dtype=np.float32).reshape(-1, 1))
+    assert w.snapshot().ravel().tolist() == [4, 5, 6, 7, 8]
+    assert len(w) == 5 and w.total == 8
+    w.extend(np.arange(20, 32, dtype=np.float32).reshape(-1, 1))
+    assert w.snapshot().ravel().tolist() == [27, 28, 29, 30, 31]
+
+
+def test_route_table_evicts_least_recently_seen() -> None:
+    evicted: list[str] = []
+    t: RouteTable[int] = RouteTable(2, lambda r: 0, lambda r, v: evicted.append(r))
+    t.touch("a"), t.touch("b"), t.touch("a"), t.touch("c")
+    assert evicted == ["b"] and "a" in t and "c" in t and len(t) == 2
+
+
+def test_the_window_hands_what_leaves_it_to_the_long_memory() -> None:
+    w = Window(5, 1)
+    rows = np.arange(12, dtype=np.float32).reshape(-1, 1)
+    assert len(w.extend(rows[:3])) == 0
+    assert w.extend(rows[3:7]).ravel().tolist() == [0, 1]
+    assert w.extend(rows[7:8]).ravel().tolist() == [2]
+    # More rows than the window holds: the old rows, then those that pass straight through.
+    assert w.extend(rows[8:12]).ravel().tolist() == [3, 4, 5, 6]
+    assert w.snapshot().ravel().tolist() == [7, 8, 9, 10, 11]
+    big = Window(3, 1)
+    big.extend(rows[:2])
+    assert big.extend(rows[2:8]).ravel().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_reservoir_is_bounded_and_uniform() -> None:
+    r = Reservoir(500, 1, seed=1)
+    for start in range(0, 20000, 137):
+        r.extend(np.arange(start, min(start + 137, 20000), dtype=np.float32).reshape(-1, 1))
+    sample = r.snapshot().ravel()
+    assert len(sample) == 500 and r.seen == 20000
+    # A uniform sample of 0..19999: each quarter holds about a quarter of it.
+    counts = np.histogram(sample, bins=4, range=(0, 20000))[0]
+    assert counts.min() > 90 and counts.max() < 160
