@@ -25,8 +25,8 @@ from sentinel_stream.explain.llm import Breaker, ChatBackend, Explainer, Explain
 from sentinel_stream.http.server import make_app
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.stream.kafka.clients import make_admin
-from sentinel_stream.stream.kafka.topics import ensure_topics
-from sentinel_stream.stream.pipeline import Pipeline, PipelineError, describe
+from sentinel_stream.stream.kafka.topics import TopicLimits, ensure_topics, read_limits
+from sentinel_stream.stream.pipeline import Pipeline, PipelineError, describe_settings
 from sentinel_stream.stream.side_producer import SideProducer
 
 log = structlog.get_logger("sentinel_stream.app")
@@ -41,21 +41,12 @@ class Service:
         self.engine = Engine(settings)
         refitter = self.engine.refitter
         self.metrics.watch_detector(
-            self.engine.detector, lambda: refitter.queued + refitter.running
+            self.engine.detector, lambda: refitter.queued + refitter.running, self.engine.lock
         )
-        self.side = SideProducer(settings)
+        self.side = SideProducer(settings, self.metrics)
         self.explainer = self._make_explainer(settings) if settings.llm_configured else None
-        explainer = self.explainer
-        self.pipeline = Pipeline(
-            settings,
-            self.engine,
-            self.metrics,
-            on_anomaly=(
-                (lambda v: explainer.submit_threadsafe(ExplainRequest.from_verdict(v)))
-                if explainer is not None
-                else None
-            ),
-        )
+        self.pipeline: Pipeline | None = None
+        """Made at start, once the topics' size limits are known."""
         self.error: str | None = None
         self._done = threading.Event()
 
@@ -72,7 +63,7 @@ class Service:
         side = self.side
         explainer = Explainer(
             backend,
-            lambda record: side.send(out, record["route"], orjson.dumps(record)),
+            lambda record: side.send(out, record["route"], orjson.dumps(record), "explanation"),
             timeout_s=s.llm_timeout_s,
             concurrency=s.llm_concurrency,
             queue_max=s.llm_queue_max,
@@ -83,9 +74,23 @@ class Service:
         self.metrics.watch_explainer(explainer)
         return explainer
 
-    def _run_pipeline(self) -> None:
+    def _make_pipeline(self, limits: TopicLimits) -> Pipeline:
+        explainer = self.explainer
+        return Pipeline(
+            self.settings,
+            self.engine,
+            self.metrics,
+            on_anomaly=(
+                (lambda v: explainer.submit_threadsafe(ExplainRequest.from_verdict(v)))
+                if explainer is not None
+                else None
+            ),
+            limits=limits,
+        )
+
+    def _run_pipeline(self, pipeline: Pipeline) -> None:
         try:
-            self.pipeline.run()
+            pipeline.run()
         except PipelineError as exc:
             self.error = str(exc)
             log.error("pipeline_failed", error=str(exc))
@@ -97,9 +102,11 @@ class Service:
 
     async def serve(self) -> int:
         s = self.settings
-        created = ensure_topics(make_admin(s), s)
+        admin = make_admin(s)
+        created = ensure_topics(admin, s)
         if created:
             log.info("topics_created", topics=created, partitions=s.topic_partitions)
+        self.pipeline = pipeline = self._make_pipeline(read_limits(admin, s))
         warm_up_kernel()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,10 +116,12 @@ class Service:
         side, topic = self.side, s.input_topic
         app = make_app(
             self.engine,
-            self.pipeline.status,
+            pipeline.status,
             self.metrics,
             s.http_body_max,
-            (lambda route, value: side.send(topic, route, value)) if s.http_forward else None,
+            (lambda route, value: side.send(topic, route, value, "forward"))
+            if s.http_forward
+            else None,
             self.explainer,
             s.llm_http_budget_s,
         )
@@ -120,8 +129,10 @@ class Service:
         await runner.setup()
         site = web.TCPSite(runner, s.host, s.port)
         await site.start()
-        log.info("service_started", http=f"{s.host}:{s.port}", **describe(s))
-        thread = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
+        log.info("service_started", http=f"{s.host}:{s.port}", **describe_settings(s))
+        thread = threading.Thread(
+            target=self._run_pipeline, args=(pipeline,), name="pipeline", daemon=True
+        )
         thread.start()
         try:
             while not self._done.is_set():
@@ -140,7 +151,7 @@ class Service:
         return 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self.pipeline.stopping:
+        if self.pipeline is None or self.pipeline.stopping:
             return
         log.info("shutdown_requested", signal=sig.name)
         self.pipeline.stop()

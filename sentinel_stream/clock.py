@@ -7,30 +7,48 @@ verdicts sort as text whichever door produced them.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-_second_cache: list[tuple[int, str]] = [(-1, "")]
+EPOCH_MS_MIN = -62_135_596_800_000
+"""0001-01-01T00:00:00.000Z in milliseconds since the epoch."""
+EPOCH_MS_MAX = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last instant RFC 3339 can write."""
+
+_second_cache: list[tuple[int, str]] = [(-(2**63), "")]
+
+
+def _seconds_text(utc: datetime) -> str:
+    # Not strftime: C's %Y does not pad years before 1000 to four digits everywhere.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}."
+    )
+
+
+def in_range(epoch_ms: int) -> bool:
+    """True when ``epoch_ms`` falls in years 1-9999 (what :func:`iso_utc_ms` can write)."""
+    return EPOCH_MS_MIN <= epoch_ms <= EPOCH_MS_MAX
 
 
 def iso_utc_ms(epoch_ms: int) -> str:
-    """``epoch_ms`` as RFC 3339 UTC with milliseconds.
+    """``epoch_ms`` (within :func:`in_range`) as RFC 3339 UTC with milliseconds.
 
     A batch's records mostly share their second, so the second's text is formatted once
-    and reused: this runs for every record that has no timestamp of its own, and
-    ``strftime`` is the costly part.
+    and reused: this runs for every record that has no timestamp of its own.
     """
     sec, ms = divmod(epoch_ms, 1000)
     cached_sec, prefix = _second_cache[0]
     if sec != cached_sec:
-        prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        prefix = _seconds_text(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=sec))
         _second_cache[0] = (sec, prefix)
     return f"{prefix}{ms:03d}Z"
 
 
 def format_event_time(ts: datetime) -> str:
-    """An event's own timestamp, normalised to UTC."""
+    """An event's own timestamp, normalised to UTC (validated to be writable, see
+    :class:`~sentinel_stream.records.TelemetryEvent`)."""
     utc = ts.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return _seconds_text(utc) + f"{utc.microsecond // 1000:03d}Z"
 
 
 def now_iso() -> str:

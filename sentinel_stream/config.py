@@ -16,6 +16,7 @@ over the file.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -69,6 +70,36 @@ class Settings(BaseSettings):
         None, description="Java-style properties file of extra librdkafka settings"
     )
     anomalies_only: bool = Field(False, description="publish only anomaly verdicts")
+    exactly_once: bool = Field(
+        False,
+        description="each member's consume-score-produce is a Kafka transaction: a "
+        "read_committed reader sees each verdict once across crashes and rebalances",
+    )
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=200,
+        description="this member's name (default: the host name): its transactional id "
+        "with SENTINEL_EXACTLY_ONCE; distinct per member, stable across its restarts",
+    )
+    produce_queue_max: Annotated[
+        int,
+        Field(
+            ge=1000,
+            le=10_000_000,
+            description="records the loop's producer holds unacknowledged; consumption "
+            "pauses at half of it (counted)",
+        ),
+    ] = 100_000
+    side_queue_max: Annotated[
+        int,
+        Field(
+            ge=100,
+            le=1_000_000,
+            description="forwarded HTTP events and LLM explanations waiting for the broker; "
+            "beyond, dropped (counted; /analyze-flow says forwarded: false)",
+        ),
+    ] = 20_000
 
     # Pipeline
     batch_max: Annotated[int, Field(ge=1, le=100_000, description="records per consume call")] = (

@@ -10,6 +10,8 @@ touches a metric per event.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -101,10 +103,52 @@ class Metrics:
         self.http_requests = Counter(
             "sentinel_http_requests", "HTTP requests", ["endpoint", "status"], registry=r
         )
+        self.http_unexpected_errors = Counter(
+            "sentinel_http_unexpected_errors",
+            "HTTP requests that failed inside the service (answered 500, JSON)",
+            registry=r,
+        )
+        self.processing_failures = Counter(
+            "sentinel_processing_failures",
+            "valid records that failed while scored or published (dead-lettered, 'processing')",
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "sentinel_dead_letters_without_value",
+            "dead letters the DLQ topic refused for size, sent again without their value",
+            registry=r,
+        )
+        self.records_skipped_revoked = Counter(
+            "sentinel_records_skipped_revoked",
+            "fetched records of partitions revoked meanwhile, left to their new owner",
+            registry=r,
+        )
+        self.backpressure_pauses = Counter(
+            "sentinel_consumer_backpressure_pauses",
+            "times consumption paused because the producer queue was over its high-water mark",
+            registry=r,
+        )
+        self.rewinds = Counter(
+            "sentinel_consumer_rewinds",
+            "times the consumer went back to the last commit to produce lost records again",
+            registry=r,
+        )
+        self.side_records = Counter(
+            "sentinel_side_records",
+            "records of the side producer (forwarded HTTP events, LLM explanations) by outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
 
-    def watch_detector(self, detector: Detector, refits_pending: Callable[[], int]) -> None:
-        """Export the detector's own counters and gauges, read at scrape time."""
-        self.registry.register(_DetectorCollector(detector, refits_pending))
+    def watch_detector(
+        self,
+        detector: Detector,
+        refits_pending: Callable[[], int],
+        lock: AbstractContextManager[Any],
+    ) -> None:
+        """Export the detector's own counters and gauges, read at scrape time under
+        ``lock`` (the engine's: the Kafka thread changes the detector as it scores)."""
+        self.registry.register(_DetectorCollector(detector, refits_pending, lock))
 
     def watch_explainer(self, explainer: Explainer) -> None:
         self.registry.register(_ExplainerCollector(explainer))
@@ -117,11 +161,21 @@ class Metrics:
 
 
 class _DetectorCollector(Collector):
-    def __init__(self, detector: Detector, refits_pending: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        refits_pending: Callable[[], int],
+        lock: AbstractContextManager[Any],
+    ) -> None:
         self._d = detector
         self._pending = refits_pending
+        self._lock = lock
 
     def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            return list(self._collect())
+
+    def _collect(self) -> Iterable[Metric]:
         d, st = self._d, self._d.stats
         yield GaugeMetricFamily(
             "sentinel_routes_tracked", "routes with state", value=d.routes_tracked

@@ -13,10 +13,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal, TypedDict
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 MAX_RECORD_BYTES = 64 * 1024
 """A record larger than this is a bad record (``too_large``), per the input contract."""
@@ -40,19 +40,51 @@ DETAIL_MAX = 512
 """Longest ``sentinel.error.detail``: it names fields and rules, never values."""
 
 
+LATENCY_MAX_MS = 1e12
+"""The largest latency accepted (about 31 years): far beyond any real request, and small
+enough that every later step (log space, float32 windows, ratios in the rule text) stays
+finite."""
+COUNT_MAX = 2**53 - 1
+"""The largest ``input_length`` and ``errors`` accepted: JavaScript's largest safe integer,
+so every count is exact as a float64 and in every JSON reader."""
+
+
+def _utc_in_range(ts: datetime | None) -> datetime | None:
+    """A timestamp whose UTC time falls outside years 1-9999 cannot be written as RFC 3339
+    (``0001-01-01T00:00:00+01:00`` is year 0 in UTC): refuse it here, with its field named,
+    rather than fail when the verdict is written."""
+    if ts is None:
+        return None
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("its UTC time falls outside years 1-9999") from None
+
+
 class TelemetryEvent(BaseModel):
-    """One request's telemetry, as a producer emits it to the input topic."""
+    """One request's telemetry, as a producer emits it to the input topic.
+
+    Every number is bounded (:data:`LATENCY_MAX_MS`, :data:`COUNT_MAX`) and every timestamp
+    must be writable in UTC, so that nothing a valid event holds can fail a later step.
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
-    latency: Annotated[float, Field(ge=0, allow_inf_nan=False, description="milliseconds")]
-    input_length: Annotated[int, Field(ge=0)]
-    errors: Annotated[int, Field(ge=0)]
+    latency: Annotated[
+        float,
+        Field(ge=0, le=LATENCY_MAX_MS, allow_inf_nan=False, description="milliseconds"),
+    ]
+    input_length: Annotated[int, Field(ge=0, le=COUNT_MAX)]
+    errors: Annotated[int, Field(ge=0, le=COUNT_MAX)]
     route: Annotated[str, Field(min_length=1, max_length=256)]
     user_id: Annotated[str | None, Field(max_length=256, description="personal data")] = None
     timestamp: Annotated[
         AwareDatetime | None,
-        Field(description="RFC 3339 with offset; default: the Kafka record's timestamp"),
+        AfterValidator(_utc_in_range),
+        Field(
+            description="RFC 3339 with offset, its UTC time within years 1-9999; "
+            "default: the Kafka record's timestamp"
+        ),
     ] = None
     event_id: Annotated[str | None, Field(max_length=128)] = None
 
@@ -149,6 +181,11 @@ class AnalyzeFlowResponse(BaseModel):
     warming_up: bool
     model_version: int | None
     explanation: Explanation
+    forwarded: bool | None = Field(
+        None,
+        description="with forwarding on: false when the event could not be handed to the "
+        "input topic (the service's queue was full), so it trains no model",
+    )
 
 
 class FieldError(BaseModel):

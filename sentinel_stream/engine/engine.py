@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,14 @@ from sentinel_stream.explain import NORMAL_EXPLANATION, explain
 from sentinel_stream.records import ExplanationBody, VerdictRecord
 
 
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An event the engine could not turn into a verdict, and why."""
+
+    event: Event
+    error: Exception
+
+
 class Engine:
     """Scores batches of telemetry events; safe to call from more than one thread."""
 
@@ -44,6 +53,11 @@ class Engine:
         self._lock = threading.Lock()
 
     @property
+    def lock(self) -> threading.Lock:
+        """Held while the detector changes; readers of its tables (metrics) take it."""
+        return self._lock
+
+    @property
     def refitter(self) -> Refitter:
         return self.detector.refitter
 
@@ -55,7 +69,25 @@ class Engine:
     def process(
         self, events: Sequence[Event], scored_at: str | None = None, learn: bool = True
     ) -> list[VerdictRecord]:
-        """One verdict per event, in input order. Each route is scored before it learns."""
+        """One verdict per event, in input order. Each route is scored before it learns.
+
+        Raises what scoring raises: the HTTP door answers it as a 500. The Kafka door
+        uses :meth:`process_each`, which keeps one event's failure to that event.
+        """
+        out = self._process(events, scored_at, learn, isolate=False)
+        return out  # type: ignore[return-value]
+
+    def process_each(
+        self, events: Sequence[Event], scored_at: str | None = None
+    ) -> list[VerdictRecord | Failed]:
+        """:meth:`process`, but an event that cannot be scored or explained comes back as
+        :class:`Failed` instead of failing its batch. A route whose batch fails is scored
+        again event by event, so only the events that fail alone are lost to the DLQ."""
+        return self._process(events, scored_at, True, isolate=True)
+
+    def _process(
+        self, events: Sequence[Event], scored_at: str | None, learn: bool, isolate: bool
+    ) -> list[VerdictRecord | Failed]:
         if not events:
             return []
         scored_at = scored_at or now_iso()
@@ -64,21 +96,48 @@ class Engine:
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(events):
             groups.setdefault(e.route, []).append(i)
-        out: list[VerdictRecord | None] = [None] * len(events)
+        out: list[VerdictRecord | Failed | None] = [None] * len(events)
         with self._lock:
             self.detector.install_completed()
         for route, idx in groups.items():
-            sel = np.asarray(idx)
-            # The lock is held per route, not per batch: another door (HTTP) waits for
-            # one route's scoring at most, never for a whole Kafka batch.
-            with self._lock:
-                s = self.detector.score_and_learn(route, rows[sel], learn=learn)
-            scores = s.scores.tolist()
-            flags = s.flags.tolist()
-            for j, i in enumerate(idx):
-                e = events[i]
-                flagged = flags[j]
-                out[i] = build_verdict(
+            if not isolate:
+                self._score_group(route, idx, events, raw, rows, scored_at, learn, out)
+                continue
+            try:
+                self._score_group(route, idx, events, raw, rows, scored_at, learn, out)
+            except Exception:
+                for i in idx:
+                    try:
+                        self._score_group(route, [i], events, raw, rows, scored_at, learn, out)
+                    except Exception as exc:  # this event alone fails: it is the DLQ's
+                        out[i] = Failed(events[i], exc)
+        return out  # type: ignore[return-value]
+
+    def _score_group(
+        self,
+        route: str,
+        idx: list[int],
+        events: Sequence[Event],
+        raw: npt.NDArray[np.float64],
+        rows: npt.NDArray[np.float32],
+        scored_at: str,
+        learn: bool,
+        out: list[VerdictRecord | Failed | None],
+    ) -> None:
+        """Score one route's events and write their verdicts into ``out``."""
+        sel = np.asarray(idx)
+        # The lock is held per route, not per batch: another door (HTTP) waits for one
+        # route's scoring at most, never for a whole Kafka batch.
+        with self._lock:
+            s = self.detector.score_and_learn(route, rows[sel], learn=learn)
+        scores = s.scores.tolist()
+        flags = s.flags.tolist()
+        verdicts = []
+        for j, i in enumerate(idx):
+            e = events[i]
+            flagged = flags[j]
+            verdicts.append(
+                build_verdict(
                     event_id=e.event_id,
                     route=route,
                     event_time=e.event_time,
@@ -96,7 +155,9 @@ class Engine:
                     ),
                     source=e.source,
                 )
-        return out  # type: ignore[return-value]
+            )
+        for i, v in zip(idx, verdicts, strict=True):
+            out[i] = v
 
     def _explain(
         self,

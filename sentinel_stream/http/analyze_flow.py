@@ -38,11 +38,14 @@ from sentinel_stream.records import (
 JSON_TYPES = ("application/json",)
 
 
+def json_response(body: object, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
 def error_response(
     status: int, error: str, message: str, fields: list[dict[str, str]] | None = None
 ) -> web.Response:
-    body = {"error": error, "message": message, "fields": fields or []}
-    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+    return json_response({"error": error, "message": message, "fields": fields or []}, status)
 
 
 def confidence(score: float, threshold: float) -> float:
@@ -73,8 +76,9 @@ def to_response(verdict: VerdictRecord) -> dict[str, Any]:
     return body
 
 
-Forward = Callable[[str, bytes], object]
-"""Sends an event (route, JSON bytes) to the input topic."""
+Forward = Callable[[str, bytes], bool]
+"""Sends an event (route, JSON bytes) to the input topic; False when it could not (the
+side producer's queue is full: counted)."""
 
 
 class AnalyzeFlow:
@@ -137,8 +141,11 @@ class AnalyzeFlow:
             }
             if event.user_id is not None:
                 fields["user_id"] = event.user_id
-            self.forward(ev.route, orjson.dumps(fields))
+            forwarded = self.forward(ev.route, orjson.dumps(fields))
         answer = to_response(verdict)
+        if self.forward is not None:
+            # Said out loud: an event that did not reach the input topic trains nothing.
+            answer["forwarded"] = forwarded
         if verdict["is_anomaly"] and self.explainer is not None and self.llm_budget_s > 0:
             text = await self.explainer.explain_now(
                 ExplainRequest.from_verdict(verdict), self.llm_budget_s
@@ -146,7 +153,7 @@ class AnalyzeFlow:
             if text is not None:
                 answer["reason"] = text
                 answer["reason_source"] = "llm"
-        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        return json_response(answer, 200)
 
     def _too_large(self) -> web.Response:
         return error_response(413, "too_large", f"the body is larger than {self.body_max} bytes")

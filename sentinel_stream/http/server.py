@@ -1,10 +1,12 @@
 """The HTTP side server: the v1 API, liveness, readiness, metrics, OpenAPI.
 
 Liveness (``/health``) answers 200 while the process can serve and the consumer loop is
-not stuck: a loop that is running but has not polled for ``STUCK_AFTER_S`` seconds, or
-that failed, answers 503, so an orchestrator restarts it. A loop that polls and finds
-nothing is healthy: an idle consumer is waiting for traffic, not stuck. Readiness
-(``/ready``) is 200 only when partitions are assigned and the producer works.
+not stuck: a loop whose heartbeat is older than ``STUCK_AFTER_S`` seconds, or that
+failed, answers 503, so an orchestrator restarts it. A loop that waits (for traffic, for
+a broker that is down, for room in the producer's queue) keeps beating: it is healthy,
+and restarting it would not help. Readiness (``/ready``) is judged at every request
+from the loop's state now: 200 only while a broker answers, the producer's records are
+acknowledged, partitions are assigned (and restored), and no drain has begun.
 
 Every answer is JSON (but ``/metrics``), errors included: a middleware turns aiohttp's
 404/405/413 into the same error shape as the API's own, and counts every request by
@@ -19,82 +21,78 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sentinel_stream import __version__
 from sentinel_stream.engine import Engine
 from sentinel_stream.explain.llm import Explainer
-from sentinel_stream.http.analyze_flow import AnalyzeFlow, Forward, error_response
+from sentinel_stream.http.analyze_flow import (
+    AnalyzeFlow,
+    Forward,
+    error_response,
+    json_response,
+)
 from sentinel_stream.http.openapi import openapi_document
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.status import LoopStatus
-
-STUCK_AFTER_S = 60.0
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 STATUS: web.AppKey[LoopStatus] = web.AppKey("status", LoopStatus)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
+log = structlog.get_logger("sentinel_stream.http")
+
 ENDPOINTS = frozenset({"/analyze-flow", "/health", "/ready", "/metrics", "/openapi.json"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def consumer_state(status: LoopStatus, now: float) -> tuple[str, float | None]:
-    since = now - status.last_poll if status.last_poll else None
-    if status.error:
-        return "failed", since
-    if not status.running:
-        return "stopped", since
-    if since is not None and since > STUCK_AFTER_S:
-        return "stuck", since
-    return "running", since
-
-
 async def health(request: web.Request) -> web.Response:
     engine, status = request.app[ENGINE], request.app[STATUS]
     d = engine.detector
-    state, since = consumer_state(status, time.monotonic())
-    healthy = state in ("running", "stopped")
+    now = time.monotonic()
+    state = status.state(now)
+    healthy = state not in ("failed", "stuck")
+    since = now - status.heartbeat if status.heartbeat else None
+    with engine.lock:  # the Kafka thread changes the route table as it scores
+        history_size = d.rows_in_windows()
+        routes, models = d.routes_tracked, d.models_trained
     body: dict[str, Any] = {
         "status": "healthy" if healthy else "unhealthy",
         "timestamp": datetime.now(UTC).isoformat(),
         "version": __version__,
-        "history_size": d.rows_in_windows(),
-        "detector_trained": d.models_trained > 0,
+        "history_size": history_size,
+        "detector_trained": models > 0,
         "components": {
             "consumer": {
                 "state": state,
+                "waiting_for": status.waiting_for,
                 "assigned_partitions": sorted(status.assigned),
                 "consumer_lag": status.consumer_lag,
-                "seconds_since_poll": None if since is None else round(since, 3),
+                "seconds_since_heartbeat": None if since is None else round(since, 3),
                 "error": status.error,
             },
-            "producer": {"state": "up" if status.producer_ok else "down"},
+            "broker": {"state": "up" if status.broker_up else "down"},
+            "producer": {"state": "up" if status.producer_ok else "waiting"},
             "detector": {
-                "routes_tracked": d.routes_tracked,
-                "models_trained": d.models_trained,
+                "routes_tracked": routes,
+                "models_trained": models,
                 "refits_pending": engine.refitter.queued + engine.refitter.running,
             },
         },
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    return json_response(body, 200 if healthy else 503)
 
 
 async def ready(request: web.Request) -> web.Response:
     status = request.app[STATUS]
-    reasons = []
-    if not status.running:
-        reasons.append("consumer not running")
-    if not status.assigned:
-        reasons.append("no partitions assigned")
-    if not status.producer_ok:
-        reasons.append("producer not working")
+    reasons = status.not_ready()
     if reasons:
-        return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
-    return web.json_response({"status": "ready", "partitions": sorted(status.assigned)})
+        return json_response({"status": "not_ready", "reasons": reasons}, 503)
+    return json_response({"status": "ready", "partitions": sorted(status.assigned)}, 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -121,6 +119,10 @@ async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web
         response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
     except web.HTTPException as exc:
         response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception as exc:  # a bug, never the body's fault: a JSON 500, counted
+        log.exception("http_unexpected_error", endpoint=endpoint, error=type(exc).__name__)
+        request.app[METRICS].http_unexpected_errors.inc()
+        response = error_response(500, "internal", "the service failed on this request")
     request.app[METRICS].http_requests.labels(endpoint, str(response.status)).inc()
     return response
 
@@ -140,9 +142,8 @@ def make_app(
     app[STATUS] = status
     app[METRICS] = metrics_
     app[OPENAPI] = orjson.dumps(openapi_document())
-    app.router.add_post(
-        "/analyze-flow", AnalyzeFlow(engine, body_max, forward, explainer, llm_budget_s)
-    )
+    analyze = AnalyzeFlow(engine, body_max, forward, explainer, llm_budget_s)
+    app.router.add_post("/analyze-flow", analyze.__call__)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

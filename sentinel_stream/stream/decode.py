@@ -9,11 +9,12 @@ logged and put in a header, and payloads may carry personal data.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from sentinel_stream.clock import iso_utc_ms
+from sentinel_stream.clock import in_range, iso_utc_ms
 from sentinel_stream.engine import Event
 from sentinel_stream.records import MAX_RECORD_BYTES, TelemetryEvent, describe_validation
 
@@ -53,18 +54,28 @@ def decode_record(
     topic: str,
     partition: int,
     offset: int,
-    timestamp_ms: int,
+    timestamp_ms: int | None,
 ) -> Event | BadRecord:
-    """Turn one Kafka record into an :class:`Event` or a :class:`BadRecord`."""
+    """Turn one Kafka record into an :class:`Event` or a :class:`BadRecord`.
+
+    ``timestamp_ms`` is the record's Kafka timestamp, None when the record has none (the
+    time of decoding stands in for it then).
+    """
     if not value:
         return BadRecord(key, value, "empty", "record has no value", topic, partition, offset)
     result = decode_value(value)
     if isinstance(result, tuple):
         return BadRecord(key, value, result[0], result[1], topic, partition, offset)
+    if timestamp_ms is None:
+        timestamp_ms = int(time.time() * 1000)
+    elif result.timestamp is None and not in_range(timestamp_ms):
+        # The event's time would be the record's, which RFC 3339 cannot write.
+        detail = "timestamp: absent, and the Kafka record's timestamp is outside years 1-9999"
+        return BadRecord(key, value, "schema", detail, topic, partition, offset)
     return Event.from_record(
         result,
         default_id=f"{topic}-{partition}-{offset}",
-        default_time=iso_utc_ms(timestamp_ms),
+        default_time=iso_utc_ms(timestamp_ms) if result.timestamp is None else "",
         source=(topic, partition, offset),
         produced_ms=timestamp_ms,
     )

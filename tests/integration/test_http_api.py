@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.kafka import end_offsets, wait_for
-from tests.support.service import Running, get_json, running_service
+from tests.support.service import Running, get_json, running_service, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -160,6 +160,68 @@ def test_no_input_gets_a_5xx_or_breaks_the_schema(
     status, answer = post(svc.port, json.dumps(body).encode(), ctype)
     assert status in (200, 400, 413, 415, 422), (status, answer)
     check(openapi, "AnalyzeFlowResponse" if status == 200 else "ErrorResponse", answer)
+
+
+def _event_text(fields: dict[str, str]) -> str:
+    base = {"latency": "12.5", "input_length": "100", "errors": "0", "route": '"/fuzz"'}
+    base.update(fields)
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in base.items()) + "}"
+
+
+big_ints = st.integers(min_value=2**53 - 3, max_value=10**400).map(str)
+offsets = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(
+    lambda m: ("+" if m >= 0 else "-") + f"{abs(m) // 60:02d}:{abs(m) % 60:02d}"
+)
+extreme_times = st.tuples(
+    st.sampled_from(
+        [
+            "0001-01-01T00:00:00",
+            "0001-01-01T23:59:59.999",
+            "9999-12-31T00:00:00",
+            "9999-12-31T23:59:59.999999",
+        ]
+    ),
+    offsets | st.just("Z"),
+).map(lambda t: f'"{t[0]}{t[1]}"')
+hostile = st.one_of(
+    st.builds(lambda v: _event_text({"input_length": v}), big_ints),
+    st.builds(lambda v: _event_text({"errors": v}), big_ints),
+    st.builds(
+        lambda v: _event_text({"latency": v}), big_ints | st.sampled_from(["1e308", "1e999"])
+    ),
+    st.builds(lambda v: _event_text({"timestamp": v}), extreme_times),
+    st.builds(
+        lambda s: _event_text({"route": f'"{s}"'}),
+        st.sampled_from(["\\ud800", "\\udfff", "a\\ud83d", "\\ud83d\\ude00", "\\u0000"]),
+    ),
+    st.integers(min_value=1, max_value=5000).map(lambda n: "[" * n + "]" * n),
+    st.integers(min_value=1, max_value=5000).map(lambda n: '{"a":' * n + "1" + "}" * n),
+).map(str.encode)
+raw_bodies = st.one_of(hostile, hostile.map(lambda b: b"\xef\xbb\xbf" + b), st.binary(max_size=64))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=raw_bodies)
+def test_hostile_bodies_get_a_4xx_or_a_verdict_never_a_5xx(
+    svc: Running, openapi: dict[str, Any], body: bytes
+) -> None:
+    status, answer = post(svc.port, body)
+    assert status in (200, 400, 413, 422), (status, answer, body[:200])
+    check(openapi, "AnalyzeFlowResponse" if status == 200 else "ErrorResponse", answer)
+
+
+def test_the_values_that_once_gave_500s_now_name_their_field(svc: Running) -> None:
+    cases = {
+        "timestamp": _event_text({"timestamp": '"0001-01-01T00:00:00+01:00"'}),
+        "input_length": _event_text({"input_length": "18446744073709551616"}),
+        "errors": _event_text({"errors": "1" + "0" * 400}),
+    }
+    for field, text in cases.items():
+        status, answer = post(svc.port, text.encode())
+        assert status == 422 and [f["field"] for f in answer["fields"]] == [field], answer
+    metrics = scrape(svc.port)
+    assert "sentinel_http_unexpected_errors_total 0.0" in metrics
+    assert 'sentinel_http_requests_total{endpoint="/analyze-flow",status="500"}' not in metrics
 
 
 def test_http_events_train_their_route(svc: Running) -> None:

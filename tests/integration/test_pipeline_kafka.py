@@ -6,20 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 
 import jsonschema
 import orjson
 import pytest
-from confluent_kafka import Message
 
 from sentinel_stream.config import Settings
-from sentinel_stream.engine import Engine
-from sentinel_stream.metrics import Metrics
 from sentinel_stream.records import DEAD_LETTER_HEADERS, MAX_RECORD_BYTES, Verdict
-from sentinel_stream.stream.pipeline import Pipeline
 from sentinel_stream.tools.synthetic import generate
 from tests.support.kafka import (
     all_committed,
@@ -30,49 +25,10 @@ from tests.support.kafka import (
     read_all,
     wait_for,
 )
+from tests.support.pipeline import Running, settings_for, values
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 3
-
-
-def settings_for(bootstrap: str, prefix: str, **kw: object) -> Settings:
-    return Settings(  # type: ignore[call-arg]
-        kafka_bootstrap=bootstrap,
-        group_id=f"{prefix}-group",
-        input_topic=f"{prefix}.telemetry",
-        output_topic=f"{prefix}.verdicts",
-        dlq_topic=f"{prefix}.dlq",
-        refit_workers=0,
-        commit_interval_ms=200,
-        seed=1,
-        **kw,
-    )
-
-
-class Running:
-    """A pipeline on a thread, stopped gracefully at exit."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.engine = Engine(settings)
-        self.pipeline = Pipeline(settings, self.engine, Metrics())
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.pipeline.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.pipeline.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-        assert self.error is None, self.error
 
 
 @pytest.fixture
@@ -80,10 +36,6 @@ def topics(bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
     s = settings_for(bootstrap, topic_prefix)
     create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic], PARTITIONS)
     yield s
-
-
-def values(msgs: list[Message]) -> list[dict[str, object]]:
-    return [orjson.loads(m.value()) for m in msgs]
 
 
 def test_every_event_one_verdict_and_bad_records_to_dlq(bootstrap: str, topics: Settings) -> None:

@@ -1,8 +1,10 @@
-"""The commit rules: flush first, never commit what was not acknowledged, only forward.
+"""The commit rules: flush first, never commit what was not acknowledged, only forward;
+failures that heal wait, failures that cannot heal stop.
 
-The clients here are small in-process fakes of the two calls the checkpoint makes
-(``Producer.flush`` and ``Consumer.commit``): this file checks the order and the rules,
-``tests/integration/test_pipeline_kafka.py`` checks the same contract on a real broker.
+The clients here are small in-process fakes of the calls the checkpoint makes
+(``Producer.flush`` and the transaction calls, ``Consumer.commit``): this file checks the
+order and the rules; ``tests/integration/test_pipeline_kafka.py`` and the chaos suite
+check the same contract on real brokers.
 """
 
 from __future__ import annotations
@@ -10,30 +12,53 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from sentinel_stream.stream.checkpoint import Checkpoint, DeliveryFailed
+from sentinel_stream.stream.checkpoint import AtLeastOnce, CommitFailed, Transactional
 
 
 @dataclass
 class FakeProducer:
     unacknowledged: int = 0
     calls: list[str] = field(default_factory=list)
+    commit_errors: list[KafkaError] = field(default_factory=list)
 
     def flush(self, timeout: float) -> int:
         self.calls.append("flush")
         return self.unacknowledged
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], metadata: object, timeout: float
+    ) -> None:
+        self.calls.append("send_offsets")
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.commit_errors:
+            raise KafkaException(self.commit_errors.pop(0))
+        self.calls.append("commit_transaction")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
 
 
 @dataclass
 class FakeConsumer:
     log: list[str]
     committed: list[list[tuple[str, int, int]]] = field(default_factory=list)
+    errors: list[KafkaError] = field(default_factory=list)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         assert not asynchronous
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
         self.log.append("commit")
         self.committed.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+    def consumer_group_metadata(self) -> object:
+        return object()
 
 
 class FakeMessage:
@@ -41,10 +66,10 @@ class FakeMessage:
         return "out"
 
 
-def make(interval_s: float = 0.0) -> tuple[Checkpoint, FakeProducer, FakeConsumer]:
+def make(interval_s: float = 0.0) -> tuple[AtLeastOnce, FakeProducer, FakeConsumer]:
     producer = FakeProducer()
     consumer = FakeConsumer(producer.calls)
-    cp = Checkpoint(consumer, producer, "in", interval_s)  # type: ignore[arg-type]
+    cp = AtLeastOnce(consumer, producer, "in", interval_s)  # type: ignore[arg-type]
     return cp, producer, consumer
 
 
@@ -53,29 +78,68 @@ def test_commits_the_next_offset_of_each_partition_after_the_flush() -> None:
     cp.track(0, 10)
     cp.track(0, 12)
     cp.track(3, 5)
-    assert cp.commit() == 2
+    assert cp.commit().partitions == 2
     assert producer.calls == ["flush", "commit"]
     assert sorted(consumer.committed[0]) == [("in", 0, 13), ("in", 3, 6)]
-    assert cp.commit() == 0  # nothing new: nothing committed
+    assert cp.commit().partitions == 0  # nothing new: nothing committed
     assert len(consumer.committed) == 1
 
 
-def test_unacknowledged_records_stop_the_commit() -> None:
+def test_unacknowledged_records_defer_the_commit_and_keep_the_offsets() -> None:
     cp, producer, consumer = make()
     cp.track(0, 1)
     producer.unacknowledged = 2
-    with pytest.raises(DeliveryFailed, match="2 records were not acknowledged"):
-        cp.commit(1.0)
-    assert consumer.committed == []
+    outcome = cp.commit(1.0)
+    assert outcome.deferred is not None and "2 records" in outcome.deferred
+    assert consumer.committed == [] and cp.pending
+    producer.unacknowledged = 0  # the broker is back
+    assert cp.commit().partitions == 1
+    assert consumer.committed == [[("in", 0, 2)]]
 
 
-def test_a_failed_delivery_stops_the_commit() -> None:
+def test_a_delivery_lost_for_a_reason_that_heals_rewinds() -> None:
     cp, _, consumer = make()
     cp.track(0, 1)
-    cp.on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), FakeMessage())  # type: ignore[arg-type]
-    with pytest.raises(DeliveryFailed, match="failed delivery"):
+    cp.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), FakeMessage())  # type: ignore[arg-type]
+    outcome = cp.commit()
+    assert outcome.rewind and outcome.deferred is not None
+    assert consumer.committed == [] and not cp.pending
+
+
+def test_a_delivery_that_cannot_heal_stops() -> None:
+    cp, _, consumer = make()
+    cp.track(0, 1)
+    err = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    cp.on_delivery(err, FakeMessage())  # type: ignore[arg-type]
+    with pytest.raises(CommitFailed, match="TOPIC_AUTHORIZATION_FAILED"):
         cp.commit()
     assert consumer.committed == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._TRANSPORT,
+    ],
+)
+def test_a_commit_that_races_a_rebalance_or_a_moving_coordinator_is_retried(code: int) -> None:
+    cp, _, consumer = make()
+    cp.track(1, 4)
+    consumer.errors.append(KafkaError(code))
+    assert cp.commit().deferred is not None and cp.pending
+    assert cp.commit().partitions == 1
+    assert consumer.committed == [[("in", 1, 5)]]
+
+
+def test_a_commit_refused_for_good_stops() -> None:
+    cp, _, consumer = make()
+    cp.track(1, 4)
+    consumer.errors.append(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+    with pytest.raises(CommitFailed, match="GROUP_AUTHORIZATION_FAILED"):
+        cp.commit()
 
 
 def test_offsets_never_go_back_past_a_commit() -> None:
@@ -113,3 +177,39 @@ def test_due_waits_for_the_interval_and_for_work() -> None:
     assert not now.due()
     now.track(0, 1)
     assert now.due()
+
+
+def transactional() -> tuple[Transactional, FakeProducer]:
+    producer = FakeProducer()
+    consumer = FakeConsumer(producer.calls)
+    return Transactional(consumer, producer, "in", 0.0), producer  # type: ignore[arg-type]
+
+
+def test_a_transaction_sends_its_offsets_then_commits() -> None:
+    cp, producer = transactional()
+    cp.begin()
+    cp.begin()  # one transaction until it is committed
+    cp.track(0, 3)
+    assert cp.commit().partitions == 1
+    assert producer.calls == ["begin", "send_offsets", "commit_transaction"]
+    cp.begin()
+    assert producer.calls[-1] == "begin"
+
+
+def test_a_transaction_the_broker_wants_aborted_is_aborted_and_rewound() -> None:
+    cp, producer = transactional()
+    cp.begin()
+    cp.track(0, 3)
+    abortable = KafkaError(KafkaError.INVALID_TXN_STATE, txn_requires_abort=True)
+    producer.commit_errors.append(abortable)
+    outcome = cp.commit()
+    assert outcome.rewind and producer.calls[-1] == "abort" and not cp.pending
+    assert cp.aborts == 1
+
+
+def test_a_failed_delivery_aborts_the_transaction() -> None:
+    cp, producer = transactional()
+    cp.begin()
+    cp.track(0, 3)
+    cp.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), FakeMessage())  # type: ignore[arg-type]
+    assert cp.commit().rewind and "commit_transaction" not in producer.calls

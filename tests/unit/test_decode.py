@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import orjson
 import pytest
 
+from sentinel_stream.clock import EPOCH_MS_MAX, EPOCH_MS_MIN
 from sentinel_stream.engine import Event
-from sentinel_stream.records import MAX_RECORD_BYTES
+from sentinel_stream.records import COUNT_MAX, LATENCY_MAX_MS, MAX_RECORD_BYTES
 from sentinel_stream.stream.decode import BadRecord, decode_record
 
 GOOD = {"latency": 12.5, "input_length": 10, "errors": 0, "route": "/a"}
@@ -52,6 +55,27 @@ BAD_CASES = [
     (orjson.dumps({**GOOD, "event_id": "e" * 129}), "schema", "event_id"),
     (orjson.dumps({**GOOD, "timestamp": "2026-01-01T00:00:00"}), "schema", "timestamp"),
     (b"[1, 2]", "schema", ""),
+    # Values a valid schema would have let through before: each later step must be safe.
+    (orjson.dumps({**GOOD, "timestamp": "0001-01-01T00:00:00+01:00"}), "schema", "timestamp"),
+    (orjson.dumps({**GOOD, "timestamp": "9999-12-31T23:59:59-01:00"}), "schema", "timestamp"),
+    (
+        b'{"latency": 1, "input_length": 18446744073709551616, "errors": 0, "route": "/a"}',
+        "schema",
+        "input_length",
+    ),
+    (
+        b'{"latency": 1, "input_length": 1, "errors": 1' + b"0" * 400 + b', "route": "/a"}',
+        "schema",
+        "errors",
+    ),
+    (orjson.dumps({**GOOD, "latency": 1e300}), "schema", "latency"),
+    (b'{"latency": 1, "input_length": 1, "errors": 0, "route": "\\ud800"}', "invalid_json", ""),
+    (
+        b'\xef\xbb\xbf{"latency": 1, "input_length": 1, "errors": 0, "route": "/a"}',
+        "invalid_json",
+        "",
+    ),
+    (b'{"a":' * 3000 + b"1" + b"}" * 3000, "invalid_json", ""),
     (orjson.dumps({**GOOD, "pad": "x" * MAX_RECORD_BYTES}), "too_large", ""),
     (b"", "empty", ""),
 ]
@@ -71,3 +95,41 @@ def test_detail_never_carries_the_value() -> None:
     rec = dec(orjson.dumps({**GOOD, "user_id": "secret-person-" + "x" * 300}))
     assert isinstance(rec, BadRecord)
     assert "secret-person" not in rec.detail
+
+
+def test_the_extremes_that_are_valid_decode_and_format() -> None:
+    for ts, want in [
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+        ("9999-12-31T23:59:59.999+00:00", "9999-12-31T23:59:59.999Z"),
+        ("0001-01-01T05:30:00+05:30", "0001-01-01T00:00:00.000Z"),
+    ]:
+        ev = dec(
+            orjson.dumps(
+                {
+                    **GOOD,
+                    "timestamp": ts,
+                    "latency": LATENCY_MAX_MS,
+                    "input_length": COUNT_MAX,
+                    "errors": COUNT_MAX,
+                }
+            )
+        )
+        assert isinstance(ev, Event), ts
+        assert ev.event_time == want
+
+
+@pytest.mark.parametrize("kafka_ms", [EPOCH_MS_MAX + 1, EPOCH_MS_MIN - 1, 2**62])
+def test_a_kafka_timestamp_rfc_3339_cannot_write_is_a_schema_error(kafka_ms: int) -> None:
+    rec = decode_record(b"/a", orjson.dumps(GOOD), "telemetry", 0, 7, kafka_ms)
+    assert isinstance(rec, BadRecord) and rec.error == "schema" and "timestamp" in rec.detail
+    # With its own timestamp the event does not need the record's.
+    own = orjson.dumps({**GOOD, "timestamp": "2026-01-01T00:00:00Z"})
+    assert isinstance(decode_record(b"/a", own, "telemetry", 0, 7, kafka_ms), Event)
+
+
+def test_a_record_without_a_kafka_timestamp_takes_the_time_of_decoding() -> None:
+    before = datetime.now(UTC)
+    ev = decode_record(b"/a", orjson.dumps(GOOD), "telemetry", 0, 7, None)
+    assert isinstance(ev, Event)
+    when = datetime.fromisoformat(ev.event_time)
+    assert before - timedelta(seconds=1) <= when <= datetime.now(UTC)

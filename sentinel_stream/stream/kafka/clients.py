@@ -7,7 +7,7 @@ pipeline, never automatically, and the producer is idempotent with ``acks=all``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -29,7 +29,8 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         # Bound what librdkafka prefetches per partition (memory), in KiB.
         "queued.max.messages.kbytes": "65536",
         "fetch.wait.max.ms": "50",
-        "statistics.interval.ms": "5000",
+        # Broker states and lag for the probes: /ready follows the broker within a second.
+        "statistics.interval.ms": "1000",
     }
     conf.update(settings.kafka_common())
     conf.update(extra)
@@ -39,23 +40,49 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 def producer_config(
-    settings: Settings, on_delivery: Callable[[KafkaError | None, Message], None] | None = None
+    settings: Settings,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    max_message_bytes: int | None = None,
+    transactional: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The loop's producer (and, with defaults, the side producer).
+
+    At-least-once: a record is never given up locally (``message.timeout.ms`` 0, no
+    limit): during a broker outage the queue fills, consumption pauses, and everything
+    is delivered when the broker returns. Exactly-once: a transaction cannot outlive its
+    timeout, so neither can a record in it; one that times out aborts the transaction,
+    and the loop processes its records again.
+    """
     conf: dict[str, Any] = {
         "linger.ms": "5",
         "batch.num.messages": "10000",
-        "queue.buffering.max.messages": "200000",
+        "queue.buffering.max.messages": str(settings.produce_queue_max),
         "queue.buffering.max.kbytes": "262144",
-        "delivery.timeout.ms": "120000",
+        "message.timeout.ms": "0",
         # Only failures call back: success costs no Python call per record.
         "delivery.report.only.error": True,
     }
+    if max_message_bytes is not None:
+        conf["message.max.bytes"] = str(max_message_bytes)
+    if transactional:
+        timeout_ms = transaction_timeout_ms(settings)
+        conf["transactional.id"] = f"{settings.group_id}-{settings.instance_id}"
+        conf["transaction.timeout.ms"] = str(timeout_ms)
+        conf["message.timeout.ms"] = str(timeout_ms)
     conf.update(settings.kafka_common())
+    conf.update(extra or {})
     conf.update(_PRODUCER_FIXED)
     if on_delivery is not None:
         conf["on_delivery"] = on_delivery
     conf["logger"] = kafka_logger()
     return conf
+
+
+def transaction_timeout_ms(settings: Settings) -> int:
+    """Long enough for a commit interval and a slow commit; short, so that read_committed
+    readers are held up briefly when a member dies with a transaction open."""
+    return max(10_000, 10 * settings.commit_interval_ms)
 
 
 def make_admin(settings: Settings) -> AdminClient:

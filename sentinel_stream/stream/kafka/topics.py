@@ -1,11 +1,35 @@
-"""The start-up topic check: every topic the service uses exists, or is created."""
+"""The start-up topic check: every topic the service uses exists, or is created.
+
+The dead-letter topic must hold any record the input topic accepted, byte for byte, so
+its ``max.message.bytes`` (when the service creates it) and the producer's
+``message.max.bytes`` follow the input topic's limit, with room for the dead-letter
+headers. A DLQ created by hand with a smaller limit is reported at start; a dead letter
+it refuses is sent again without its value (see :mod:`sentinel_stream.stream.publish`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import structlog
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from sentinel_stream.config import Settings
+
+log = structlog.get_logger("sentinel_stream.topics")
+
+BROKER_DEFAULT_LIMIT = 1_048_588
+"""Kafka's default ``max.message.bytes`` (``message.max.bytes`` on the broker)."""
+HEADROOM = 64 * 1024
+"""Room above the input topic's limit for a dead letter's key and headers."""
+LIBRDKAFKA_MAX = 1_000_000_000
+"""The largest ``message.max.bytes`` librdkafka accepts."""
 
 
 class TopicsMissing(Exception):
@@ -16,8 +40,38 @@ class BrokerUnreachable(Exception):
     """No broker answered at the configured bootstrap address."""
 
 
+@dataclass(frozen=True, slots=True)
+class TopicLimits:
+    """What the topics accept, read at start."""
+
+    input_max_bytes: int
+    """The input topic's ``max.message.bytes``: the largest record it can hold."""
+    dlq_max_bytes: int | None
+    """The DLQ topic's, when it could be read."""
+
+    @property
+    def producer_max_bytes(self) -> int:
+        """``message.max.bytes`` for the loop's producer: any input record fits as a
+        dead letter."""
+        return min(max(1_000_000, self.input_max_bytes + HEADROOM), LIBRDKAFKA_MAX)
+
+
 def required_topics(settings: Settings) -> list[str]:
     return [settings.input_topic, settings.output_topic, settings.dlq_topic]
+
+
+def _max_message_bytes(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, int]:
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    out: dict[str, int] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            entry = future.result(timeout=timeout).get("max.message.bytes")
+        except KafkaException as exc:
+            log.warning("topic_config_unreadable", topic=resource.name, error=str(exc))
+            continue
+        if entry is not None and entry.value is not None:
+            out[resource.name] = int(entry.value)
+    return out
 
 
 def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0) -> list[str]:
@@ -38,10 +92,20 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
             + ", ".join(missing)
             + "; create them, or set SENTINEL_CREATE_TOPICS=true to let the service create them"
         )
-    futures = admin.create_topics(
-        [NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in missing],
-        operation_timeout=timeout,
-    )
+    input_limit = BROKER_DEFAULT_LIMIT
+    if settings.input_topic not in missing:
+        input_limit = _max_message_bytes(admin, [settings.input_topic], timeout).get(
+            settings.input_topic, BROKER_DEFAULT_LIMIT
+        )
+    new = []
+    for t in missing:
+        config = {}
+        if t == settings.dlq_topic:
+            config["max.message.bytes"] = str(input_limit + HEADROOM)
+        new.append(
+            NewTopic(t, settings.topic_partitions, settings.topic_replication, config=config)
+        )
+    futures = admin.create_topics(new, operation_timeout=timeout)
     created = []
     for topic, future in futures.items():
         try:
@@ -53,3 +117,21 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
                 continue  # another member created it first
             raise TopicsMissing(f"could not create topic {topic}: {err}") from None
     return created
+
+
+def read_limits(admin: AdminClient, settings: Settings, timeout: float = 15.0) -> TopicLimits:
+    """The input and DLQ topics' size limits; warns when the DLQ cannot hold every
+    record the input topic can."""
+    limits = _max_message_bytes(admin, [settings.input_topic, settings.dlq_topic], timeout)
+    found = TopicLimits(
+        limits.get(settings.input_topic, BROKER_DEFAULT_LIMIT), limits.get(settings.dlq_topic)
+    )
+    if found.dlq_max_bytes is not None and found.dlq_max_bytes < found.input_max_bytes + HEADROOM:
+        log.warning(
+            "dlq_smaller_than_input",
+            dlq_max_message_bytes=found.dlq_max_bytes,
+            input_max_message_bytes=found.input_max_bytes,
+            advice=f"set max.message.bytes={found.input_max_bytes + HEADROOM} on the DLQ "
+            "topic; until then, larger dead letters are sent without their value",
+        )
+    return found

@@ -1,0 +1,60 @@
+"""The Kafka loop run in-process on a thread, for tests that drive it directly."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+from confluent_kafka import Message
+
+from sentinel_stream.config import Settings
+from sentinel_stream.engine import Engine
+from sentinel_stream.metrics import Metrics
+from sentinel_stream.stream.kafka.topics import TopicLimits
+from sentinel_stream.stream.pipeline import Pipeline
+
+
+def settings_for(bootstrap: str, prefix: str, **kw: object) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        kafka_bootstrap=bootstrap,
+        group_id=f"{prefix}-group",
+        input_topic=f"{prefix}.telemetry",
+        output_topic=f"{prefix}.verdicts",
+        dlq_topic=f"{prefix}.dlq",
+        refit_workers=0,
+        commit_interval_ms=200,
+        seed=1,
+        **kw,
+    )
+
+
+class Running:
+    """A pipeline on a thread, stopped gracefully at exit."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, limits: TopicLimits | None = None
+    ) -> None:
+        self.engine = engine if engine is not None else Engine(settings)
+        self.pipeline = Pipeline(settings, self.engine, Metrics(), limits=limits)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.pipeline.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipeline.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        assert self.error is None, self.error
+
+
+def values(msgs: list[Message]) -> list[dict[str, object]]:
+    return [orjson.loads(m.value()) for m in msgs]
