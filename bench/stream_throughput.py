@@ -3,8 +3,10 @@
 Not a test: it prints figures. Two consumers run the same two phases on a real broker,
 with the same librdkafka settings and the same commit cadence:
 
-- ``pipeline``: the real :class:`~sentinel_stream.pipeline.Pipeline` (decode, score,
-  explain, publish, commit);
+- ``pipeline``: the real :class:`~sentinel_stream.stream.pipeline.Pipeline` (decode,
+  score, explain, publish, commit), at least once;
+- ``exactly-once``: the same with ``SENTINEL_EXACTLY_ONCE=true`` (each commit interval
+  one Kafka transaction; the latency phase reads ``read_committed``);
 - ``pass-through``: consume, produce the same bytes, commit (the ceiling this machine
   and these client settings allow).
 
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
-from sentinel_stream.stream.checkpoint import Checkpoint
+from sentinel_stream.stream.checkpoint import AtLeastOnce
 from sentinel_stream.stream.kafka.batching import next_batch
 from sentinel_stream.stream.kafka.clients import consumer_config, producer_config
 from sentinel_stream.stream.kafka.produce import produce_waiting
@@ -58,7 +60,7 @@ class PassThrough:
         self._stop = threading.Event()
         self.producer = Producer(producer_config(settings, None))
         self.consumer = Consumer(consumer_config(settings))
-        self.checkpoint = Checkpoint(
+        self.checkpoint = AtLeastOnce(
             self.consumer, self.producer, settings.input_topic, settings.commit_interval_ms / 1000
         )
 
@@ -153,6 +155,7 @@ def run_case(
     events: list[dict[str, Any]],
     rate: float,
     seconds: float,
+    **settings: Any,
 ) -> dict[str, Any]:
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     s = Settings(  # type: ignore[call-arg]
@@ -162,6 +165,8 @@ def run_case(
         output_topic=f"{prefix}.out",
         dlq_topic=f"{prefix}.dlq",
         refit_workers=1,
+        instance_id=f"{prefix}-member",
+        **settings,
     )
     create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic])
     preload(bootstrap, s.input_topic, events)
@@ -251,6 +256,15 @@ def main() -> int:
         rows = [
             run_case("pass-through", bootstrap, PassThrough, events, args.rate, args.seconds),
             run_case("pipeline", bootstrap, pipeline, events, args.rate, args.seconds),
+            run_case(
+                "exactly-once",
+                bootstrap,
+                pipeline,
+                events,
+                args.rate,
+                args.seconds,
+                exactly_once=True,
+            ),
         ]
         if args.llm_hang:
             rows.append(
@@ -269,9 +283,11 @@ def main() -> int:
             rows = measure(bootstrap)
     base, ours = rows[0], rows[1]
     ratio = ours["events_per_s"] / base["events_per_s"] if base["events_per_s"] else 0.0
+    eos = rows[2]
+    eos_ratio = eos["events_per_s"] / ours["events_per_s"] if ours["events_per_s"] else 0.0
     hang_ratio = (
-        rows[2]["events_per_s"] / ours["events_per_s"]
-        if len(rows) > 2 and ours["events_per_s"]
+        rows[3]["events_per_s"] / ours["events_per_s"]
+        if len(rows) > 3 and ours["events_per_s"]
         else None
     )
     if args.json:
@@ -280,6 +296,7 @@ def main() -> int:
                 {
                     "rows": rows,
                     "ratio_to_pass_through": round(ratio, 3),
+                    "exactly_once_ratio_to_at_least_once": round(eos_ratio, 3),
                     "llm_hanging_ratio_to_pipeline": hang_ratio,
                 }
             )
@@ -295,6 +312,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['case']:<14}{r['events_per_s']:>12,}{r['p50_ms']!s:>10}{r['p99_ms']!s:>10}")
     print(f"pipeline / pass-through throughput: {ratio:.2f}")
+    print(f"exactly-once / at-least-once throughput: {eos_ratio:.2f}")
     if hang_ratio is not None:
         print(f"pipeline with a hanging LLM / pipeline without: {hang_ratio:.2f}")
     return 0

@@ -14,91 +14,34 @@ seconds.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import Tally, VerifiableConsumer, VerifiableProducer, tally
-from tests.support.kafka import create_topics, wait_for
-from tests.support.service import Proc, free_port, ready, service_env, start, topic_names
+from tests.support.chaos import (
+    COMMIT_INTERVAL_MS,
+    RATE,
+    SESSION_TIMEOUT_MS,
+    Group,
+    Tally,
+    VerifiableConsumer,
+    VerifiableProducer,
+    seconds,
+    tally,
+)
+from tests.support.kafka import create_topics
+from tests.support.service import topic_names
 
 pytestmark = pytest.mark.kafka
 
-SCALE = float(os.environ.get("CHAOS_SCALE", "1"))
 PARTITIONS = 6
-RATE = 800.0
-"""Events per second the producer sends."""
-COMMIT_INTERVAL_MS = 1000
-SESSION_TIMEOUT_MS = 6000
-
 
 FAULTS = ("kill", "stop", "pause", "start")
 """Actions that disturb the group (``join``, a member that starts and is ready before the
 fault, sets the scene)."""
-
-
-def seconds(s: float) -> float:
-    return s * SCALE
-
-
-@dataclass
-class Group:
-    """Members of one consumer group, each a real ``sentinel-stream run`` process."""
-
-    bootstrap: str
-    prefix: str
-    tmp_path: Path
-    extra: dict[str, str] = field(default_factory=dict)
-    members: dict[str, tuple[Proc, int]] = field(default_factory=dict)
-
-    def start(self, name: str) -> Proc:
-        port = free_port()
-        env = service_env(
-            self.bootstrap,
-            self.prefix,
-            port,
-            SENTINEL_INSTANCE_ID=name,
-            SENTINEL_COMMIT_INTERVAL_MS=str(COMMIT_INTERVAL_MS),
-            SENTINEL_KAFKA_OPT_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
-            SENTINEL_KAFKA_OPT_HEARTBEAT_INTERVAL_MS="1000",
-            SENTINEL_KAFKA_OPT_MAX_POLL_INTERVAL_MS=str(SESSION_TIMEOUT_MS + 4000),
-            **self.extra,
-        )
-        proc = start(env, self.tmp_path, f"{name}-{port}")
-        self.members[name] = (proc, port)
-        return proc
-
-    def wait_ready(self, name: str, timeout: float = 120.0) -> None:
-        proc, port = self.members[name]
-        wait_for(lambda: ready(proc, port), timeout, f"member {name} ready")
-
-    def signal(self, name: str, sig: signal.Signals) -> None:
-        self.members[name][0].popen.send_signal(sig)
-
-    def kill(self, name: str) -> None:
-        proc = self.members.pop(name)[0]
-        proc.popen.kill()
-        proc.popen.wait(30)
-
-    def stop(self, name: str) -> None:
-        proc = self.members.pop(name)[0]
-        proc.popen.send_signal(signal.SIGTERM)
-        assert proc.popen.wait(60) == 0, proc.stderr()[-3000:]
-
-    def alive(self) -> None:
-        for proc, _ in self.members.values():
-            proc.alive()
-
-    def close(self) -> None:
-        for proc, _ in self.members.values():
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-                proc.popen.wait(30)
 
 
 @pytest.fixture

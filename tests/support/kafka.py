@@ -14,9 +14,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sentinel_stream.stream.kafka.produce import produce_waiting
 
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
+def create_topics(
+    bootstrap: str, names: Iterable[str], partitions: int = 3, replication: int = 1
+) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    futures = admin.create_topics([NewTopic(n, partitions, replication) for n in names])
     for f in futures.values():
         f.result(timeout=30)
 
