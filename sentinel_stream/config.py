@@ -59,6 +59,23 @@ class Settings(BaseSettings):
         "telemetry.verdicts", min_length=1, description="topic verdicts are published to"
     )
     dlq_topic: str = Field("telemetry.dlq", min_length=1, description="dead-letter topic")
+    state_topic: str = Field(
+        "telemetry.state",
+        min_length=1,
+        description="compacted changelog of per-route state (as many partitions as the input)",
+    )
+    state_interval_s: Annotated[
+        float,
+        Field(gt=0, description="a learning route's state is written at most this often"),
+    ] = 30.0
+    state_max_bytes: Annotated[
+        int,
+        Field(
+            ge=65536,
+            le=100_000_000,
+            description="largest state record written (a larger one is skipped, counted)",
+        ),
+    ] = 4 * 1024 * 1024
     create_topics: bool = Field(
         False, description="create missing topics at start (else stop, naming them)"
     )

@@ -133,6 +133,35 @@ class Metrics:
             "times the consumer went back to the last commit to produce lost records again",
             registry=r,
         )
+        self.state_records = Counter(
+            "sentinel_state_records",
+            "records written to the state changelog, by kind (snapshot, tombstone)",
+            ["kind"],
+            registry=r,
+        )
+        self.state_bytes = Counter(
+            "sentinel_state_written_bytes", "bytes of route snapshots written", registry=r
+        )
+        self.state_skipped = Counter(
+            "sentinel_state_writes_skipped",
+            "route snapshots not written, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.state_restored = Counter(
+            "sentinel_state_routes_restored", "routes restored from the changelog", registry=r
+        )
+        self.state_restore_failures = Counter(
+            "sentinel_state_records_unreadable",
+            "state records skipped at restore (corrupt, or another schema version)",
+            registry=r,
+        )
+        self.state_restore_seconds = Histogram(
+            "sentinel_state_restore_duration_seconds",
+            "from an assignment to its partitions' state restored",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+            registry=r,
+        )
         self.side_records = Counter(
             "sentinel_side_records",
             "records of the side producer (forwarded HTTP events, LLM explanations) by outcome",

@@ -40,6 +40,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -108,6 +109,23 @@ class Scored:
 
 
 @dataclass(slots=True)
+class Changes:
+    """What changed since the state changelog last looked (see ``Detector.changes``)."""
+
+    rows: set[str] = field(default_factory=set)
+    """Routes that admitted rows."""
+    models: set[str] = field(default_factory=set)
+    """Routes that installed a model."""
+    evicted: list[str] = field(default_factory=list)
+    """Routes pushed out by the bounds."""
+
+    def take(self) -> Changes:
+        taken = Changes(self.rows, self.models, self.evicted)
+        self.rows, self.models, self.evicted = set(), set(), []
+        return taken
+
+
+@dataclass(slots=True)
 class DetectorStats:
     """Counters the metrics module exports; plain ints so this module stays I/O-free."""
 
@@ -164,6 +182,8 @@ class Detector:
         self.rules = rules
         self.refitter = refitter
         self.stats = DetectorStats()
+        self.changes: Changes | None = None
+        """Set by whoever keeps the state changelog; None: nothing is recorded."""
         self._routes: RouteTable[RouteState] = RouteTable(
             params.max_routes, self._new_state, self._on_evict
         )
@@ -191,6 +211,32 @@ class Detector:
     def _on_evict(self, route: str, state: RouteState) -> None:
         self.stats.routes_evicted += 1
         self._models.pop(route, None)
+        if self.changes is not None:
+            self.changes.evicted.append(route)
+
+    def new_state(self, route: str) -> RouteState:
+        """A fresh state for ``route`` (not yet in the table): what a restore fills in."""
+        return self._new_state(route)
+
+    def adopt(self, route: str, state: RouteState) -> None:
+        """Put a restored state in the table, replacing the route's; what is derived
+        (the rule reference, a baseline the state lacks) is derived again."""
+        self.drop([route])
+        self._routes.touch(route)  # make room (bounds apply) ...
+        self._routes.replace(route, state)  # ... then hold the restored state
+        if state.baseline is None:
+            self._refresh_baseline(state)
+        state.rule_reference = None  # derived from the baseline at the next score
+        if state.model is not None:
+            self._models[route] = None
+            self._trim_models()
+
+    def drop(self, routes: Iterable[str]) -> None:
+        """Forget routes (their partition moved to another member); not counted as
+        evictions and not reported as changes."""
+        for route in routes:
+            if self._routes.remove(route) is not None:
+                self._models.pop(route, None)
 
     @property
     def routes_tracked(self) -> int:
@@ -274,6 +320,8 @@ class Detector:
         admitted = self._admit(state, rows, teach, n_flagged)
         if len(admitted) == 0:
             return
+        if self.changes is not None:
+            self.changes.rows.add(route)
         self._refresh_baseline(state)
         self._request_fit_if_due(route, state)
 
@@ -412,13 +460,18 @@ class Detector:
             installed += 1
             self._models[result.route] = None
             self._models.move_to_end(result.route)
-            while len(self._models) > self.params.max_models:
-                old, _ = self._models.popitem(last=False)
-                old_state = self._routes.get(old)
-                if old_state is not None:
-                    old_state.model = None
-                self.stats.models_dropped += 1
+            if self.changes is not None:
+                self.changes.models.add(result.route)
+            self._trim_models()
         return installed
+
+    def _trim_models(self) -> None:
+        while len(self._models) > self.params.max_models:
+            old, _ = self._models.popitem(last=False)
+            old_state = self._routes.get(old)
+            if old_state is not None:
+                old_state.model = None
+            self.stats.models_dropped += 1
 
     def oldest_model_age(self, now: float | None = None) -> float:
         """Seconds since the oldest installed model was fitted (0 with none)."""

@@ -116,6 +116,17 @@ class RouteTable(Generic[V]):
         items[route] = state
         return state
 
+    def replace(self, route: str, state: V) -> None:
+        """Hold ``state`` for a route already in the table (as most recently seen)."""
+        if route not in self._items:
+            raise KeyError(route)
+        self._items[route] = state
+        self._items.move_to_end(route)
+
+    def remove(self, route: str) -> V | None:
+        """Take a route out without calling ``on_evict``: it is not an eviction."""
+        return self._items.pop(route, None)
+
     def oldest_first(self) -> Iterator[tuple[str, V]]:
         return iter(list(self._items.items()))
 
@@ -165,6 +176,16 @@ class Reservoir:
             keep = slots < cap
             self._data[slots[keep]] = rest[keep]
         self.seen += n
+
+    def load(self, rows: npt.NDArray[np.float32], seen: int) -> None:
+        """Hold exactly ``rows`` as the sample of ``seen`` rows (a restored state)."""
+        n = min(len(rows), self._capacity)
+        self._data = np.zeros((self._capacity, self._n_features), dtype=np.float32)
+        self._data[:n] = rows[:n]
+        self._size = n
+        self.seen = max(seen, n)
+        if self._rng is None:
+            self._rng = np.random.default_rng(self._seed)
 
     def snapshot(self) -> npt.NDArray[np.float32]:
         if self._data is None:

@@ -193,6 +193,13 @@ class Transactional(Checkpoint):
             self._producer.begin_transaction()
             self._open = True
 
+    def due(self) -> bool:
+        # An open transaction is committed on the interval even with no input offsets
+        # in it (state records): left open it would hold up read_committed readers and
+        # then be aborted by the broker.
+        pending = self._open or bool(self._next)
+        return pending and time.monotonic() - self._last_commit >= self._interval
+
     def commit(self, timeout: float = 30.0) -> Outcome:
         self._last_commit = time.monotonic()
         if self._must_abort is not None:

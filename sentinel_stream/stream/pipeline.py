@@ -67,6 +67,7 @@ from sentinel_stream.stream.kafka.batching import next_batch
 from sentinel_stream.stream.kafka.clients import consumer_config, producer_config
 from sentinel_stream.stream.kafka.topics import TopicLimits
 from sentinel_stream.stream.publish import Publisher
+from sentinel_stream.stream.state import StateStore
 
 log = structlog.get_logger("sentinel_stream.stream")
 
@@ -74,6 +75,8 @@ COMMIT_FLUSH_S = 5.0
 """How long one commit waits for acknowledgements before it is deferred."""
 REVOKE_COMMIT_S = 10.0
 """How long a rebalance waits for the commit of the partitions it takes away."""
+STATE_WRITE_EVERY_S = 0.2
+"""How often the loop looks for route state due to be written."""
 RESUME_FRACTION = 0.25
 """Consumption resumes when the producer's queue is back under this share of its bound."""
 
@@ -135,6 +138,16 @@ class Pipeline:
         self._high_water = settings.produce_queue_max // 2
         self._low_water = int(settings.produce_queue_max * RESUME_FRACTION)
         self._commit_backoff = Backoff(0.1, 5.0)
+        self.state = StateStore(
+            settings,
+            self._producer,
+            engine,
+            metrics,
+            pause=self._pause_partitions,
+            resume=self._resume_partitions,
+            before_write=self.checkpoint.begin,
+        )
+        self._next_state_write = 0.0
 
     # -- callbacks (run inside consume/poll/flush, on this thread) -----------------------
 
@@ -177,21 +190,31 @@ class Pipeline:
         self.metrics.assigned_partitions.set(len(self._owned))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._owned.update(p.partition for p in partitions)
+        try:
+            consumer.incremental_assign(partitions)  # now, so that they can be paused
+        except (KafkaException, RuntimeError):
+            consumer.assign(partitions)  # an eager assignor (set by the operator)
+        added = [p.partition for p in partitions]
+        self._owned.update(added)
         self._set_owned()
         if self._paused and partitions:
             consumer.pause(partitions)  # still over the high-water mark: stay paused
-        log.info("partitions_assigned", partitions=sorted(p.partition for p in partitions))
+        self.state.on_assign(added)  # paused until their routes' state is restored
+        self.status.restoring = self.state.restoring
+        log.info("partitions_assigned", partitions=sorted(added))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Commit what was processed before the partitions move to another member, so
-        # that it neither loses nor repeats them. If that cannot be done in time, the
-        # new owner starts from the last commit: duplicates, never loss.
+        # Write the leaving routes' state and commit what was processed before the
+        # partitions move to another member, so that it neither loses nor repeats them.
+        # If that cannot be done in time, the new owner starts from the last commit:
+        # duplicates, never loss.
         revoked = [p.partition for p in partitions]
+        self.state.on_revoke(revoked)
         self._commit_within("rebalance", REVOKE_COMMIT_S)
         self.checkpoint.forget(revoked)
         self._owned.difference_update(revoked)
         self._set_owned()
+        self.status.restoring = self.state.restoring
         log.info("partitions_revoked", partitions=sorted(revoked))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -204,7 +227,19 @@ class Pipeline:
             self.checkpoint.abandon()
             self._rewind()
         self.checkpoint.forget(lost)
+        self.state.on_lost(lost)  # another member owns their state now
+        self.status.restoring = self.state.restoring
         log.warning("partitions_lost", partitions=sorted(lost))
+
+    def _pause_partitions(self, partitions: list[int]) -> None:
+        self._consumer.pause([TopicPartition(self.settings.input_topic, p) for p in partitions])
+
+    def _resume_partitions(self, partitions: list[int]) -> None:
+        owned = [p for p in partitions if p in self._owned]
+        if owned and not self._paused:
+            tps = [TopicPartition(self.settings.input_topic, p) for p in owned]
+            self._consumer.resume(tps)
+        self.status.restoring = self.state.restoring
 
     def _waiting_for_queue(self) -> None:
         self.status.waiting_for = "room in the producer queue"
@@ -256,6 +291,9 @@ class Pipeline:
                         self._handle(msgs)
                     else:
                         self.engine.tick()
+                if self.status.restoring:
+                    self.state.restore_step()
+                self._write_state()
                 self._producer.poll(0)
                 self.metrics.drain_fit_seconds(self.engine.detector)
                 if self.checkpoint.due() and self._commit_backoff.ready():
@@ -310,9 +348,22 @@ class Pipeline:
         self._paused = paused
         self.status.waiting_for = "the broker to take the queued records" if paused else None
 
+    def _write_state(self, force: bool = False) -> None:
+        """Write the routes' state that is due, a few times a second at most."""
+        now = time.monotonic()
+        if not force and now < self._next_state_write:
+            return
+        self._next_state_write = now + STATE_WRITE_EVERY_S
+        if force:
+            self.state.checkpoint(now, partitions=self._owned)
+        else:
+            self.state.checkpoint(now)
+
     def _drain(self) -> None:
-        """Commit what is done, retrying until the shutdown deadline."""
+        """Write the routes' state, commit what is done, retrying until the shutdown
+        deadline: a restart then begins where this run ended."""
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        self._write_state(force=True)
         self._commit_within("shutdown", self.settings.shutdown_timeout_s)
         if self.checkpoint.pending:
             log.warning(
@@ -371,6 +422,7 @@ class Pipeline:
         log.warning("consumer_rewound", partitions=sorted(tp.partition for tp in assignment))
 
     def _close(self) -> None:
+        self.state.close()
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:  # already closed or broker gone
@@ -388,6 +440,7 @@ class Pipeline:
         topic = self.settings.input_topic
         last: dict[int, int] = {}
         owned = self._owned
+        note = self.state.note
         skipped = 0
         for msg in msgs:
             err = msg.error()
@@ -415,6 +468,7 @@ class Pipeline:
             if isinstance(rec, Event):
                 events.append(rec)
                 raws.append((msg.key(), msg.value()))
+                note(rec.route, partition)
             else:
                 bad.append(rec)
         if skipped:

@@ -25,7 +25,7 @@ from tests.support.kafka import (
     read_all,
     wait_for,
 )
-from tests.support.pipeline import Running, settings_for, values
+from tests.support.pipeline import Running, service_topics, settings_for, values
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 3
@@ -34,7 +34,7 @@ PARTITIONS = 3
 @pytest.fixture
 def topics(bootstrap: str, topic_prefix: str) -> Iterator[Settings]:
     s = settings_for(bootstrap, topic_prefix)
-    create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic], PARTITIONS)
+    create_topics(bootstrap, service_topics(s), PARTITIONS)
     yield s
 
 
@@ -118,7 +118,7 @@ def test_anomalies_flagged_normal_mostly_not(bootstrap: str, topics: Settings) -
 
 def test_anomalies_only_option(bootstrap: str, topic_prefix: str) -> None:
     s = settings_for(bootstrap, topic_prefix, anomalies_only=True)
-    create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic], 1)
+    create_topics(bootstrap, service_topics(s), 1)
     produce(
         bootstrap,
         s.input_topic,
@@ -152,6 +152,7 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(
         "SENTINEL_INPUT_TOPIC": s.input_topic,
         "SENTINEL_OUTPUT_TOPIC": s.output_topic,
         "SENTINEL_DLQ_TOPIC": s.dlq_topic,
+        "SENTINEL_STATE_TOPIC": s.state_topic,
         "SENTINEL_PORT": "0",
         "SENTINEL_BATCH_MAX": "200",
         "SENTINEL_REFIT_WORKERS": "1",

@@ -30,7 +30,7 @@ from sentinel_stream.records import DLQ_DETAIL, DLQ_ERROR, DLQ_SOURCE_OFFSET, Ve
 from sentinel_stream.stream.kafka.clients import make_admin
 from sentinel_stream.stream.kafka.topics import HEADROOM, ensure_topics, read_limits
 from tests.support.kafka import all_committed, create_topics, event, produce, read_all, wait_for
-from tests.support.pipeline import Running, settings_for, values
+from tests.support.pipeline import Running, service_topics, settings_for, values
 from tests.support.service import free_port
 
 pytestmark = pytest.mark.kafka
@@ -49,7 +49,7 @@ def test_a_record_that_fails_in_the_engine_goes_to_the_dlq_alone(
     bootstrap: str, topic_prefix: str
 ) -> None:
     s = settings_for(bootstrap, topic_prefix)
-    create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic], 1)
+    create_topics(bootstrap, service_topics(s), 1)
     records = [(b"/ok", event("/ok", event_id=f"a{i}")) for i in range(50)]
     boom = (b"/boom", event("/boom", event_id="boom"))
     records = [*records[:20], boom, *records[20:]]  # one batch: the others share it
@@ -72,6 +72,7 @@ def _topics_with_limit(bootstrap: str, s: Settings, input_max: int, dlq_max: int
     new = [
         NewTopic(s.input_topic, 1, 1, config={"max.message.bytes": str(input_max)}),
         NewTopic(s.output_topic, 1, 1),
+        NewTopic(s.state_topic, 1, 1, config={"cleanup.policy": "compact"}),
     ]
     if dlq_max is not None:
         new.append(NewTopic(s.dlq_topic, 1, 1, config={"max.message.bytes": str(dlq_max)}))
@@ -139,7 +140,7 @@ def test_metrics_and_health_never_fail_while_the_loop_churns_routes(
         max_samples=16,
         batch_max=200,
     )
-    create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic], 1)
+    create_topics(bootstrap, service_topics(s), 1)
     n, routes = 24_000, 2000
     produce(
         bootstrap,

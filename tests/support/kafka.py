@@ -17,8 +17,19 @@ from sentinel_stream.stream.kafka.produce import produce_waiting
 def create_topics(
     bootstrap: str, names: Iterable[str], partitions: int = 3, replication: int = 1
 ) -> None:
+    """Create topics; one named ``*.state`` is compacted, as a state changelog must be."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, partitions, replication) for n in names])
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                n,
+                partitions,
+                replication,
+                config={"cleanup.policy": "compact"} if n.endswith(".state") else {},
+            )
+            for n in names
+        ]
+    )
     for f in futures.values():
         f.result(timeout=30)
 

@@ -21,6 +21,7 @@ def settings_for(bootstrap: str, prefix: str, **kw: object) -> Settings:
         input_topic=f"{prefix}.telemetry",
         output_topic=f"{prefix}.verdicts",
         dlq_topic=f"{prefix}.dlq",
+        state_topic=f"{prefix}.state",
         refit_workers=0,
         commit_interval_ms=200,
         seed=1,
@@ -54,6 +55,10 @@ class Running:
         self.thread.join(60)
         assert not self.thread.is_alive()
         assert self.error is None, self.error
+
+
+def service_topics(s: Settings) -> list[str]:
+    return [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic]
 
 
 def values(msgs: list[Message]) -> list[dict[str, object]]:

@@ -50,6 +50,7 @@ def topic_names(prefix: str) -> dict[str, str]:
         "SENTINEL_INPUT_TOPIC": f"{prefix}.telemetry",
         "SENTINEL_OUTPUT_TOPIC": f"{prefix}.verdicts",
         "SENTINEL_DLQ_TOPIC": f"{prefix}.dlq",
+        "SENTINEL_STATE_TOPIC": f"{prefix}.state",
     }
 
 

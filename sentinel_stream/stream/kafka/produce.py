@@ -22,11 +22,13 @@ def produce_waiting(
     headers: Headers | None = None,
     on_full: Callable[[], None] | None = None,
     poll_s: float = 0.05,
+    partition: int = -1,
 ) -> None:
-    """Queue one record, waiting for room in the local queue (``on_full`` counts waits)."""
+    """Queue one record, waiting for room in the local queue (``on_full`` counts waits).
+    ``partition`` -1: the producer's partitioner chooses."""
     while True:
         try:
-            producer.produce(topic, value, key, headers=headers)
+            producer.produce(topic, value, key, partition=partition, headers=headers)
             return
         except BufferError:
             if on_full is not None:

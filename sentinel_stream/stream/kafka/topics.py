@@ -40,6 +40,10 @@ class BrokerUnreachable(Exception):
     """No broker answered at the configured bootstrap address."""
 
 
+class StateTopicUnfit(TopicsMissing):
+    """The state topic exists but cannot be a route changelog as it is."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicLimits:
     """What the topics accept, read at start."""
@@ -57,7 +61,7 @@ class TopicLimits:
 
 
 def required_topics(settings: Settings) -> list[str]:
-    return [settings.input_topic, settings.output_topic, settings.dlq_topic]
+    return [settings.input_topic, settings.output_topic, settings.dlq_topic, settings.state_topic]
 
 
 def _max_message_bytes(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, int]:
@@ -84,7 +88,9 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
             f"(SENTINEL_KAFKA_BOOTSTRAP): {exc}"
         ) from None
     missing = [t for t in required_topics(settings) if t not in metadata.topics]
+    partitions = {name: len(t.partitions) for name, t in metadata.topics.items()}
     if not missing:
+        check_state_topic(admin, settings, partitions, timeout)
         return []
     if not settings.create_topics:
         raise TopicsMissing(
@@ -98,13 +104,19 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
             settings.input_topic, BROKER_DEFAULT_LIMIT
         )
     new = []
+    # The state topic is co-partitioned with the input: a route's state lives in the
+    # partition number its events arrive on.
+    input_partitions = partitions.get(settings.input_topic, settings.topic_partitions)
     for t in missing:
         config = {}
+        count = settings.topic_partitions
         if t == settings.dlq_topic:
             config["max.message.bytes"] = str(input_limit + HEADROOM)
-        new.append(
-            NewTopic(t, settings.topic_partitions, settings.topic_replication, config=config)
-        )
+        if t == settings.state_topic:
+            config["cleanup.policy"] = "compact"
+            config["max.message.bytes"] = str(settings.state_max_bytes + HEADROOM)
+            count = input_partitions
+        new.append(NewTopic(t, count, settings.topic_replication, config=config))
     futures = admin.create_topics(new, operation_timeout=timeout)
     created = []
     for topic, future in futures.items():
@@ -116,7 +128,30 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # another member created it first
             raise TopicsMissing(f"could not create topic {topic}: {err}") from None
+    if settings.state_topic not in missing:
+        check_state_topic(admin, settings, partitions, timeout)
     return created
+
+
+def check_state_topic(
+    admin: AdminClient, settings: Settings, partitions: dict[str, int], timeout: float
+) -> None:
+    """A state topic made by hand must be compacted and co-partitioned with the input."""
+    state, source = settings.state_topic, settings.input_topic
+    if partitions.get(state) != partitions.get(source):
+        raise StateTopicUnfit(
+            f"state topic {state} has {partitions.get(state)} partitions, the input topic "
+            f"{source} {partitions.get(source)}: they must be equal (SENTINEL_STATE_TOPIC)"
+        )
+    resource = ConfigResource(ResourceType.TOPIC, state)
+    future = admin.describe_configs([resource], request_timeout=timeout)[resource]
+    entry = future.result(timeout=timeout).get("cleanup.policy")
+    policy = entry.value if entry is not None else ""
+    if "compact" not in (policy or ""):
+        raise StateTopicUnfit(
+            f"state topic {state} has cleanup.policy={policy}: set cleanup.policy=compact, "
+            "or its routes' state is deleted by retention"
+        )
 
 
 def read_limits(admin: AdminClient, settings: Settings, timeout: float = 15.0) -> TopicLimits:

@@ -1,0 +1,84 @@
+"""A route's state survives bytes: restored, it scores as before; bad bytes are refused."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from sentinel_stream.detect.snapshot import (
+    MAGIC,
+    VERSION,
+    SnapshotError,
+    decode,
+    encode,
+    restore_route,
+    snapshot_route,
+)
+from tests.support.telemetry import engine, ev, normal, run
+
+
+def test_parts_round_trip() -> None:
+    parts = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.array([1, 2], dtype=np.uint16),
+        "n": 7,
+        "x": 0.25,
+        "inf": float("-inf"),
+        "none": None,
+    }
+    back = decode(encode(parts))
+    assert back["a"].tolist() == parts["a"].tolist() and back["a"].dtype == np.float32  # type: ignore[union-attr]
+    assert back["b"].dtype == np.uint16  # type: ignore[union-attr]
+    assert back["n"] == 7 and back["x"] == 0.25 and back["inf"] == float("-inf")
+    assert back["none"] is None
+
+
+def test_a_restored_route_scores_with_its_model_as_before() -> None:
+    first = engine(min_history=100, history_max=300)
+    run(first, normal("/s", 900, seed=3), 50)
+    state = first.detector.route_state("/s")
+    assert state is not None and state.model is not None
+    data = snapshot_route(first.detector, "/s")
+    assert data is not None
+
+    second = engine(min_history=100, history_max=300)
+    restored = restore_route(second.detector, "/s", data)
+    assert restored.model is not None and restored.model.version == state.model.version
+    assert restored.window.snapshot().tolist() == state.window.snapshot().tolist()
+    assert restored.memory is not None and state.memory is not None
+    assert restored.memory.snapshot().tolist() == state.memory.snapshot().tolist()
+    probe = [ev("/s", latency) for latency in (100.0, 180.0, 900.0, 30000.0)]
+    a = first.process(probe, learn=False)
+    b = second.process(probe, learn=False)
+    assert [v["score"] for v in a] == [v["score"] for v in b]
+    assert {v["model_version"] for v in b} == {state.model.version}
+    assert not b[0]["warming_up"]
+
+
+def test_a_route_without_a_model_restores_its_window() -> None:
+    first = engine(min_history=500)
+    run(first, normal("/w", 40), 20)
+    data = snapshot_route(first.detector, "/w")
+    assert data is not None
+    second = engine(min_history=500)
+    restored = restore_route(second.detector, "/w", data)
+    assert restored.model is None and len(restored.window) == 40
+    assert restored.baseline is not None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage that is not a snapshot",
+        struct.pack("<3sHI", MAGIC, VERSION + 1, 2) + b"{}",
+        struct.pack("<3sHI", MAGIC, VERSION, 5) + b"{nope",
+        struct.pack("<3sHI", MAGIC, VERSION, 2) + b"{}",
+    ],
+)
+def test_bad_bytes_are_refused_not_crashed_on(data: bytes) -> None:
+    with pytest.raises(SnapshotError):
+        restore_route(engine().detector, "/bad", data)
+    assert engine().detector.route_state("/bad") is None
