@@ -6,9 +6,11 @@ that failed, answers 503, so an orchestrator restarts it. A loop that polls and 
 nothing is healthy: an idle consumer is waiting for traffic, not stuck. Readiness
 (``/ready``) is 200 only when partitions are assigned and the producer works.
 
-Every answer is JSON (but ``/metrics``), errors included: a middleware turns aiohttp's
-404/405/413 into the same error shape as the API's own, and counts every request by
-endpoint (one of the server's routes, else ``other``) and status.
+Every answer is JSON (but ``/metrics``), errors included, spaced as ``json.dumps``
+writes it (the v1 service's spacing): a middleware turns aiohttp's 404/405/413 into the
+same error shape as the API's own, and counts every request by endpoint (one of the
+server's routes, else ``other``) and status, and under the v1 names by endpoint and
+method, with the time ``/analyze-flow`` took.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sentinel_stream import __version__
 from sentinel_stream.engine import Engine
 from sentinel_stream.explain.llm import Explainer
-from sentinel_stream.http.analyze_flow import AnalyzeFlow, Forward, error_response
+from sentinel_stream.http.analyze_flow import (
+    AnalyzeFlow,
+    Forward,
+    error_response,
+    json_response,
+)
 from sentinel_stream.http.openapi import openapi_document
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.status import LoopStatus
@@ -80,7 +87,9 @@ async def health(request: web.Request) -> web.Response:
             },
         },
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    if not healthy:
+        request.app[METRICS].health_check_fails.inc()
+    return json_response(body, 200 if healthy else 503)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -93,8 +102,8 @@ async def ready(request: web.Request) -> web.Response:
     if not status.producer_ok:
         reasons.append("producer not working")
     if reasons:
-        return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
-    return web.json_response({"status": "ready", "partitions": sorted(status.assigned)})
+        return json_response({"status": "not_ready", "reasons": reasons}, 503)
+    return json_response({"status": "ready", "partitions": sorted(status.assigned)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -108,6 +117,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 @web.middleware
 async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
     path = request.path
     endpoint = path if path in ENDPOINTS else "other"
     try:
@@ -121,7 +131,11 @@ async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web
         response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
     except web.HTTPException as exc:
         response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    request.app[METRICS].http_requests.labels(endpoint, str(response.status)).inc()
+    m = request.app[METRICS]
+    m.http_requests.labels(endpoint, str(response.status)).inc()
+    m.v1_requests.inc(endpoint, request.method)
+    if endpoint == "/analyze-flow":
+        m.request_duration.observe(time.perf_counter() - started)
     return response
 
 
@@ -140,8 +154,17 @@ def make_app(
     app[STATUS] = status
     app[METRICS] = metrics_
     app[OPENAPI] = orjson.dumps(openapi_document())
+    forwarded = forward is not None
     app.router.add_post(
-        "/analyze-flow", AnalyzeFlow(engine, body_max, forward, explainer, llm_budget_s)
+        "/analyze-flow",
+        AnalyzeFlow(
+            engine,
+            body_max,
+            forward,
+            explainer,
+            llm_budget_s,
+            on_verdict=lambda flagged: metrics_.count_http_verdict(flagged, forwarded),
+        ),
     )
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
