@@ -37,7 +37,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(anomaly_rate_window_s=settings.anomaly_rate_window_s)
         self.engine = Engine(settings)
         refitter = self.engine.refitter
         self.metrics.watch_detector(

@@ -226,6 +226,12 @@ class Settings(BaseSettings):
     ] = 1.0
     llm_max_tokens: Annotated[int, Field(ge=8, le=2048, description="LLM answer length")] = 120
 
+    # Metrics
+    anomaly_rate_window_s: Annotated[
+        float,
+        Field(ge=10, le=86_400, description="span of sentinel_anomaly_rate (v1 gauge), seconds"),
+    ] = 300.0
+
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["auto", "json", "console"] = Field(

@@ -5,10 +5,20 @@ label values: a dead-letter reason is one of a handful of codes, an endpoint one
 server's routes. No user id or route name is ever a label. Counters the pure detector
 keeps as plain ints are read at scrape time by a collector, so the hot path never
 touches a metric per event.
+
+The v1 service's names (``sentinel_requests_total``, ``sentinel_request_duration_seconds``,
+``sentinel_anomaly_rate``, ``sentinel_memory_mb``, ``sentinel_model_fits_total``,
+``sentinel_health_check_fails_total``, ``sentinel_llm_failures_total``) are exported
+beside ours with the v1 meaning, so that alert rules written for v1 fire unchanged. Most
+are views of what is counted anyway, computed at scrape time: they add nothing to the
+Kafka loop. docs/operations.md tables which name counts what.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -23,12 +33,20 @@ from sentinel_stream.explain.llm import Explainer
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LAG = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _FIT = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DEAD_LETTER_REASONS = ("invalid_json", "invalid_utf8", "schema", "too_large", "empty", "processing")
+DETECTORS = ("isolation_forest", "rules")
+DOORS = ("kafka", "http")
+V1_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+"""The v1 service's buckets of ``sentinel_request_duration_seconds`` (its P95 alerts and
+dashboards interpolate within them)."""
 
 
 class Metrics:
     """Every metric the service exports, registered on its own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, anomaly_rate_window_s: float = 300.0
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.records_consumed = Counter(
@@ -168,6 +186,55 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        # Labelled counters start at 0 for every known label value: Prometheus' increase()
+        # and rate() read a series' first sample as its start, so a series born at 1
+        # (the first dead letter of a kind) would show no increase and alert nobody.
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for detector in DETECTORS:
+            self.anomalies.labels(detector)
+        for door in DOORS:
+            self.events_valid.labels(door)
+        for outcome in ("ok", "deferred", "rewound", "failed"):
+            self.commits.labels(outcome)
+        for kind in ("forward", "explanation"):
+            for side_outcome in ("delivered", "dropped", "failed"):
+                self.side_records.labels(kind, side_outcome)
+        for state_kind in ("snapshot", "tombstone"):
+            self.state_records.labels(state_kind)
+        # -- the v1 service's names -------------------------------------------------------
+        self.v1_requests = V1Requests()
+        r.register(self.v1_requests)
+        self.request_duration = Histogram(
+            "sentinel_request_duration_seconds",
+            "POST /analyze-flow requests, from arrival to answer (v1 name and buckets)",
+            buckets=V1_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.health_check_fails = Counter(
+            "sentinel_health_check_fails",
+            "GET /health answers that said unhealthy (503) (v1 name)",
+            registry=r,
+        )
+        self._http_scored = 0
+        self._http_flagged = 0
+        self.anomaly_rate = RecentShare(anomaly_rate_window_s, self._verdict_totals)
+        r.register(_V1Gauges(self.anomaly_rate))
+
+    def count_http_verdict(self, is_anomaly: bool, forwarded: bool) -> None:
+        """One ``/analyze-flow`` verdict. A forwarded event gets its Kafka verdict later and
+        is counted there, so only events that are not forwarded count toward the
+        anomaly rate here (each event counts once)."""
+        self.events_valid.labels("http").inc()
+        if not forwarded:
+            self._http_scored += 1
+            self._http_flagged += is_anomaly
+
+    def _verdict_totals(self) -> tuple[float, float]:
+        """(events scored, events flagged) since start, each event once."""
+        scored = _sample_sum(self.events_valid, {"door": "kafka"}) + self._http_scored
+        flagged = _sample_sum(self.anomalies) + self._http_flagged
+        return scored, flagged
 
     def watch_detector(
         self,
@@ -181,6 +248,7 @@ class Metrics:
 
     def watch_explainer(self, explainer: Explainer) -> None:
         self.registry.register(_ExplainerCollector(explainer))
+        self.v1_requests.explainer = explainer
 
     def drain_fit_seconds(self, detector: Detector) -> None:
         """Move fit durations recorded by the detector into the histogram."""
@@ -234,6 +302,11 @@ class _DetectorCollector(Collector):
             "sentinel_refits", "models fitted and installed", value=st.models_installed
         )
         yield CounterMetricFamily(
+            "sentinel_model_fits",
+            "models fitted and installed (v1 name; the same count as sentinel_refits_total)",
+            value=st.models_installed,
+        )
+        yield CounterMetricFamily(
             "sentinel_refits_discarded",
             "fits that failed or whose route moved on",
             value=st.fits_discarded,
@@ -270,8 +343,148 @@ class _ExplainerCollector(Collector):
             "sentinel_llm_explanations_published", "explanation records", value=st.published
         )
         yield GaugeMetricFamily("sentinel_llm_queue_depth", "anomalies waiting", value=e.queued)
+        # v1 name. Its labels are those of sentinel_requests_total{endpoint="llm"}, so that
+        # the v1 ratio rules (failures / requests) match series without `ignoring`.
+        failures = CounterMetricFamily(
+            "sentinel_llm_failures",
+            "anomalies explained by rules because the LLM failed, timed out or its breaker "
+            "was open (v1 name)",
+            labels=["endpoint", "method"],
+        )
+        failures.add_metric(["llm", e.backend.api], llm_failures(st.calls))
+        yield failures
         breaker = GaugeMetricFamily(
             "sentinel_llm_breaker_state", "0 closed, 1 half-open, 2 open", labels=["backend"]
         )
         breaker.add_metric([e.backend.api], _BREAKER[e.breaker.state])
         yield breaker
+
+
+LLM_OK = "ok"
+
+
+def llm_failures(calls: dict[tuple[str, str], int]) -> int:
+    """Calls that left an anomaly with the rule explanation only: every outcome but ok."""
+    return sum(n for (_, outcome), n in calls.items() if outcome != LLM_OK)
+
+
+def _sample_sum(metric: Counter, labels: dict[str, str] | None = None) -> float:
+    """Sum of a counter's ``_total`` samples (optionally those with ``labels``)."""
+    total = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and (
+                labels is None or all(sample.labels.get(k) == v for k, v in labels.items())
+            ):
+                total += sample.value
+    return total
+
+
+V1_ENDPOINTS = {
+    "/analyze-flow": "analyze-flow",
+    "/health": "health",
+    "/ready": "ready",
+    "/metrics": "metrics",
+    "/openapi.json": "openapi.json",
+}
+"""Path -> the v1 label value (v1 wrote endpoints without the slash); others are ``other``."""
+V1_METHODS = frozenset({"get", "post", "head", "put", "delete", "patch", "options"})
+
+
+class V1Requests(Collector):
+    """``sentinel_requests_total{endpoint,method}``, as the v1 service counted it: HTTP
+    requests by endpoint and lower-case method, and (``endpoint="llm"``, ``method`` the
+    LLM API) LLM calls that answered. Plain ints, bumped on the event loop's thread."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.explainer: Explainer | None = None
+
+    def inc(self, path: str, method: str) -> None:
+        m = method.lower()
+        key = (V1_ENDPOINTS.get(path, "other"), m if m in V1_METHODS else "other")
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "sentinel_requests",
+            "HTTP requests by endpoint and method; endpoint=llm: LLM calls that answered (v1 name)",
+            labels=["endpoint", "method"],
+        )
+        for (endpoint, method), n in sorted(self.counts.items()):
+            family.add_metric([endpoint, method], n)
+        e = self.explainer
+        if e is not None:
+            family.add_metric(["llm", e.backend.api], e.stats.calls.get((e.backend.api, LLM_OK), 0))
+        yield family
+
+
+class RecentShare:
+    """The share of flagged verdicts among those of the last ``window_s`` seconds.
+
+    Read from two running totals (scored, flagged) sampled when the value is read (a
+    scrape), so that the data path pays nothing for it. The value is over the span from
+    the newest sample at least ``window_s`` old (or the start) to now: ``window_s`` when
+    scrapes come more often than that, longer when they come less often. Samples closer
+    than ``window_s / 60`` to the newest one replace it, so at most about 62 are kept
+    however often it is read. No verdict in the span reads 0.
+    """
+
+    def __init__(
+        self,
+        window_s: float,
+        totals: Callable[[], tuple[float, float]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s = window_s
+        self._totals = totals
+        self._clock = clock
+        self._step = window_s / 60.0
+        self._samples: deque[tuple[float, float, float]] = deque([(clock(), 0.0, 0.0)])
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def value(self) -> float:
+        now = self._clock()
+        scored, flagged = self._totals()
+        s = self._samples
+        if len(s) > 1 and now - s[-2][0] < self._step:
+            s[-1] = (now, scored, flagged)
+        else:
+            s.append((now, scored, flagged))
+        while len(s) > 2 and s[1][0] <= now - self.window_s:
+            s.popleft()
+        _, scored0, flagged0 = s[0]
+        span = scored - scored0
+        return (flagged - flagged0) / span if span > 0 else 0.0
+
+
+def resident_mib() -> float:
+    """This process's resident memory in MiB (what the v1 service reported as MB)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1048576.0
+    except (OSError, ValueError, IndexError):  # not Linux: the peak instead
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _V1Gauges(Collector):
+    def __init__(self, anomaly_rate: RecentShare) -> None:
+        self._rate = anomaly_rate
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "sentinel_anomaly_rate",
+            f"share of the verdicts of the last {self._rate.window_s:g} s that were anomalies, "
+            "0-1 (v1 name; SENTINEL_ANOMALY_RATE_WINDOW_S)",
+            value=self._rate.value(),
+        )
+        yield GaugeMetricFamily(
+            "sentinel_memory_mb",
+            "resident memory of this process, MiB (v1 name)",
+            value=resident_mib(),
+        )

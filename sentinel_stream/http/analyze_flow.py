@@ -12,11 +12,17 @@ its lock per route, so the loop never waits for a whole Kafka batch.
 
 ``confidence`` says how far past the threshold the score is: 0.5 at the threshold,
 rising linearly to 1.0 at a score of 1.
+
+Answers are written as Python's ``json.dumps`` writes by default (``", "`` and ``": "``),
+as the v1 service's were: its smoke script greps the body for ``"status": "OK"``. orjson
+writes compact JSON, and no cheap rewrite of it is byte-equal (strings that hold ``":"``,
+non-ASCII text, float spelling), so the standard library writes the answers.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -38,8 +44,11 @@ from sentinel_stream.records import (
 JSON_TYPES = ("application/json",)
 
 
-def json_response(body: object, status: int) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def json_response(body: object, status: int = 200) -> web.Response:
+    """``body`` as ``json.dumps`` writes it by default: the v1 service's spacing."""
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, content_type="application/json"
+    )
 
 
 def error_response(
@@ -80,6 +89,9 @@ Forward = Callable[[str, bytes], bool]
 """Sends an event (route, JSON bytes) to the input topic; False when it could not (the
 side producer's queue is full: counted)."""
 
+OnVerdict = Callable[[bool], object]
+"""Told of each verdict (is it an anomaly): the metrics."""
+
 
 class AnalyzeFlow:
     """The handler, with what it needs: the engine, a body limit, and optionally a way to
@@ -92,12 +104,14 @@ class AnalyzeFlow:
         forward: Forward | None = None,
         explainer: Explainer | None = None,
         llm_budget_s: float = 1.0,
+        on_verdict: OnVerdict | None = None,
     ) -> None:
         self.engine = engine
         self.body_max = body_max
         self.forward = forward
         self.explainer = explainer
         self.llm_budget_s = llm_budget_s
+        self.on_verdict = on_verdict
         self._id_prefix = f"http-{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
 
@@ -130,6 +144,8 @@ class AnalyzeFlow:
         ev = Event.from_record(event, default_id=self._next_id(), default_time=now_iso())
         # Never learnt here: with forwarding on, the Kafka loop learns the event once.
         verdict = self.engine.process([ev], learn=False)[0]
+        if self.on_verdict is not None:
+            self.on_verdict(verdict["is_anomaly"])
         if self.forward is not None:
             fields: dict[str, Any] = {
                 "latency": ev.latency,
@@ -153,7 +169,7 @@ class AnalyzeFlow:
             if text is not None:
                 answer["reason"] = text
                 answer["reason_source"] = "llm"
-        return json_response(answer, 200)
+        return json_response(answer)
 
     def _too_large(self) -> web.Response:
         return error_response(413, "too_large", f"the body is larger than {self.body_max} bytes")

@@ -8,9 +8,11 @@ and restarting it would not help. Readiness (``/ready``) is judged at every requ
 from the loop's state now: 200 only while a broker answers, the producer's records are
 acknowledged, partitions are assigned (and restored), and no drain has begun.
 
-Every answer is JSON (but ``/metrics``), errors included: a middleware turns aiohttp's
-404/405/413 into the same error shape as the API's own, and counts every request by
-endpoint (one of the server's routes, else ``other``) and status.
+Every answer is JSON (but ``/metrics``), errors included, spaced as ``json.dumps``
+writes it (the v1 service's spacing): a middleware turns aiohttp's 404/405/413 into the
+same error shape as the API's own, and counts every request by endpoint (one of the
+server's routes, else ``other``) and status, and under the v1 names by endpoint and
+method, with the time ``/analyze-flow`` took.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ async def health(request: web.Request) -> web.Response:
             },
         },
     }
+    if not healthy:
+        request.app[METRICS].health_check_fails.inc()
     return json_response(body, 200 if healthy else 503)
 
 
@@ -92,7 +96,7 @@ async def ready(request: web.Request) -> web.Response:
     reasons = status.not_ready()
     if reasons:
         return json_response({"status": "not_ready", "reasons": reasons}, 503)
-    return json_response({"status": "ready", "partitions": sorted(status.assigned)}, 200)
+    return json_response({"status": "ready", "partitions": sorted(status.assigned)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -106,6 +110,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 @web.middleware
 async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
     path = request.path
     endpoint = path if path in ENDPOINTS else "other"
     try:
@@ -123,7 +128,11 @@ async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web
         log.exception("http_unexpected_error", endpoint=endpoint, error=type(exc).__name__)
         request.app[METRICS].http_unexpected_errors.inc()
         response = error_response(500, "internal", "the service failed on this request")
-    request.app[METRICS].http_requests.labels(endpoint, str(response.status)).inc()
+    m = request.app[METRICS]
+    m.http_requests.labels(endpoint, str(response.status)).inc()
+    m.v1_requests.inc(endpoint, request.method)
+    if endpoint == "/analyze-flow":
+        m.request_duration.observe(time.perf_counter() - started)
     return response
 
 
@@ -142,7 +151,15 @@ def make_app(
     app[STATUS] = status
     app[METRICS] = metrics_
     app[OPENAPI] = orjson.dumps(openapi_document())
-    analyze = AnalyzeFlow(engine, body_max, forward, explainer, llm_budget_s)
+    forwarded = forward is not None
+    analyze = AnalyzeFlow(
+        engine,
+        body_max,
+        forward,
+        explainer,
+        llm_budget_s,
+        on_verdict=lambda flagged: metrics_.count_http_verdict(flagged, forwarded),
+    )
     app.router.add_post("/analyze-flow", analyze.__call__)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
