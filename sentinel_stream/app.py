@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import threading
+from typing import Any
 
 import orjson
 import structlog
@@ -24,8 +26,10 @@ from sentinel_stream.engine import Engine
 from sentinel_stream.explain.llm import Breaker, ChatBackend, Explainer, ExplainRequest
 from sentinel_stream.http.server import make_app
 from sentinel_stream.metrics import Metrics
+from sentinel_stream.status import LoopStatus
 from sentinel_stream.stream.kafka.clients import make_admin
 from sentinel_stream.stream.kafka.topics import TopicLimits, ensure_topics, read_limits
+from sentinel_stream.stream.owners import RouteOwners, client_id
 from sentinel_stream.stream.pipeline import Pipeline, PipelineError, describe_settings
 from sentinel_stream.stream.side_producer import SideProducer
 
@@ -45,6 +49,7 @@ class Service:
         )
         self.side = SideProducer(settings, self.metrics)
         self.explainer = self._make_explainer(settings) if settings.llm_configured else None
+        self.status = LoopStatus()
         self.pipeline: Pipeline | None = None
         """Made at start, once the topics' size limits are known."""
         self.error: str | None = None
@@ -74,7 +79,7 @@ class Service:
         self.metrics.watch_explainer(explainer)
         return explainer
 
-    def _make_pipeline(self, limits: TopicLimits) -> Pipeline:
+    def _make_pipeline(self, limits: TopicLimits, consumer_client_id: str) -> Pipeline:
         explainer = self.explainer
         return Pipeline(
             self.settings,
@@ -86,6 +91,8 @@ class Service:
                 else None
             ),
             limits=limits,
+            status=self.status,
+            client_id=consumer_client_id,
         )
 
     def _run_pipeline(self, pipeline: Pipeline) -> None:
@@ -106,7 +113,7 @@ class Service:
         created = ensure_topics(admin, s)
         if created:
             log.info("topics_created", topics=created, partitions=s.topic_partitions)
-        self.pipeline = pipeline = self._make_pipeline(read_limits(admin, s))
+        limits = read_limits(admin, s)
         warm_up_kernel()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,9 +121,10 @@ class Service:
         if self.explainer is not None:
             await self.explainer.start()
         side, topic = self.side, s.input_topic
+        owners = RouteOwners(s, admin, s.instance_id)
         app = make_app(
             self.engine,
-            pipeline.status,
+            self.status,
             self.metrics,
             s.http_body_max,
             (lambda route, value: side.send(topic, route, value, "forward"))
@@ -124,12 +132,20 @@ class Service:
             else None,
             self.explainer,
             s.llm_http_budget_s,
+            owner=owners.url_for,
+            owner_timeout_s=s.http_owner_timeout_s,
+            instance=s.instance_id,
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, s.host, s.port)
         await site.start()
-        log.info("service_started", http=f"{s.host}:{s.port}", **describe_settings(s))
+        url = advertised_url(s, runner.addresses)
+        # The HTTP address rides in the consumer's client.id: other members find the
+        # owner of a route's partition, and its address, in the group's description.
+        self.pipeline = pipeline = self._make_pipeline(limits, client_id(s.instance_id, url))
+        owners.start()
+        log.info("service_started", http=url, **describe_settings(s))
         thread = threading.Thread(
             target=self._run_pipeline, args=(pipeline,), name="pipeline", daemon=True
         )
@@ -139,6 +155,7 @@ class Service:
                 await asyncio.sleep(0.1)
                 self.side.poll()
         finally:
+            owners.close()
             await runner.cleanup()
             if self.explainer is not None:
                 await self.explainer.close()
@@ -164,6 +181,17 @@ class Service:
             self.error = "graceful shutdown timed out"
             log.error("shutdown_timeout", seconds=self.settings.shutdown_timeout_s)
             self._done.set()
+
+
+def advertised_url(settings: Settings, addresses: list[Any]) -> str:
+    """Where other members reach this one: SENTINEL_ADVERTISED_URL, else the bound
+    address (the host name when bound to every interface)."""
+    if settings.advertised_url:
+        return settings.advertised_url
+    host, port = addresses[0][0], addresses[0][1]
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{host}:{port}"
 
 
 SWITCH_INTERVAL_S = 0.0005

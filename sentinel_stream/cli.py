@@ -50,7 +50,14 @@ def cmd_demo_producer(args: argparse.Namespace) -> int:
     topic = args.topic or settings.input_topic
     if args.create_topics:
         ensure_topics(make_admin(settings), settings)
-    producer = Producer({**settings.kafka_common(), "linger.ms": "5", "enable.idempotence": "true"})
+    producer = Producer(
+        {
+            **settings.kafka_common(),
+            "linger.ms": "5",
+            "enable.idempotence": "true",
+            "partitioner": settings.partitioner,
+        }
+    )
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

@@ -47,6 +47,26 @@ class Settings(BaseSettings):
         int, Field(ge=256, description="largest accepted HTTP body, bytes")
     ] = 64 * 1024
 
+    advertised_url: str | None = Field(
+        None,
+        description="the HTTP address other members reach this one at (default: "
+        "http://<SENTINEL_HOST, or the host name for 0.0.0.0>:<port>)",
+    )
+    http_owner_timeout_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=5,
+            description="how long /analyze-flow waits for the route's owning member; "
+            "0 answers every route locally",
+        ),
+    ] = 0.25
+    partitioner: Literal["murmur2_random", "consistent_random"] = Field(
+        "murmur2_random",
+        description="how the telemetry producers partition by route: murmur2_random (Java "
+        "clients' default) or consistent_random (librdkafka's CRC32)",
+    )
+
     http_forward: bool = Field(
         True, description="produce /analyze-flow events to the input topic, so they train models"
     )

@@ -180,6 +180,18 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
             registry=r,
         )
+        self.http_owner = Counter(
+            "sentinel_http_owner_answers",
+            "/analyze-flow answers by who answered: self (this member owns the route or no "
+            "owner is known), owner, owner_failed (asked, no answer in time: answered here)",
+            ["outcome"],
+            registry=r,
+        )
+        self.partition_mismatches = Counter(
+            "sentinel_route_partition_mismatches",
+            "routes whose events arrive on another partition than SENTINEL_PARTITIONER says",
+            registry=r,
+        )
         self.side_records = Counter(
             "sentinel_side_records",
             "records of the side producer (forwarded HTTP events, LLM explanations) by outcome",

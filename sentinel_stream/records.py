@@ -186,6 +186,11 @@ class AnalyzeFlowResponse(BaseModel):
         description="with forwarding on: false when the event could not be handed to the "
         "input topic (the service's queue was full), so it trains no model",
     )
+    answered_by: str | None = Field(
+        None,
+        description="the member (SENTINEL_INSTANCE_ID) whose model answered: the route's "
+        "owner, asked by the member the caller reached",
+    )
 
 
 class FieldError(BaseModel):

@@ -256,14 +256,24 @@ class Detector:
     # -- scoring -----------------------------------------------------------------------
 
     def score_and_learn(self, route: str, rows: Rows, learn: bool = True) -> Scored:
-        """Score ``rows`` (one route's, in arrival order), then learn the normal ones."""
-        state = self._routes.touch(route)
+        """Score ``rows`` (one route's, in arrival order), then learn the normal ones.
+
+        Without ``learn`` (a door that only asks, HTTP) an unknown route is scored as a
+        cold one and takes no place in the table: asking about a flood of new routes
+        evicts nothing.
+        """
+        if learn:
+            state = self._routes.touch(route)
+        else:
+            found = self._routes.get(route)
+            state = found if found is not None else self._new_state(route)
         model = state.model
         if state.rule_reference is None:
             state.rule_reference = self.rules.reference(state.baseline)
         detector: DetectorName
         if model is not None:
-            self._models.move_to_end(route)
+            if learn:
+                self._models.move_to_end(route)
             threshold = model.threshold
             detector, version = "isolation_forest", model.version
         else:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
@@ -93,9 +94,18 @@ OnVerdict = Callable[[bool], object]
 """Told of each verdict (is it an anomaly): the metrics."""
 
 
+Owner = Callable[[str], str | None]
+"""The HTTP address of the member that owns a route, or None when this one does (or no
+owner is known)."""
+HOP_HEADER = "X-Sentinel-Hop"
+"""Marks a request one member passed to the route's owner: answered there, never passed
+on again nor forwarded to the input topic a second time."""
+
+
 class AnalyzeFlow:
     """The handler, with what it needs: the engine, a body limit, and optionally a way to
-    forward events to the input topic and an LLM explainer with a time budget."""
+    forward events to the input topic, an LLM explainer with a time budget, and a way to
+    find the member that owns a route (whose model answers for it)."""
 
     def __init__(
         self,
@@ -105,6 +115,10 @@ class AnalyzeFlow:
         explainer: Explainer | None = None,
         llm_budget_s: float = 1.0,
         on_verdict: OnVerdict | None = None,
+        owner: Owner | None = None,
+        owner_timeout_s: float = 0.25,
+        on_owner: Callable[[str], object] | None = None,
+        instance: str | None = None,
     ) -> None:
         self.engine = engine
         self.body_max = body_max
@@ -112,12 +126,22 @@ class AnalyzeFlow:
         self.explainer = explainer
         self.llm_budget_s = llm_budget_s
         self.on_verdict = on_verdict
+        self.owner = owner
+        self._owner_timeout = aiohttp.ClientTimeout(total=owner_timeout_s)
+        self._on_owner = on_owner
+        """Told how each request was answered: ``self``, ``owner`` or ``owner_failed``."""
+        self.instance = instance
+        self._session: aiohttp.ClientSession | None = None
         self._id_prefix = f"http-{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
 
     def _next_id(self) -> str:
         """Unique per process start and request, without a uuid4 per request."""
         return f"{self._id_prefix}{next(self._ids)}"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     async def __call__(self, request: web.Request) -> web.Response:
         if request.content_type not in JSON_TYPES:
@@ -142,26 +166,42 @@ class AnalyzeFlow:
                 return error_response(400, "invalid_json", "the body is not a JSON document")
             return error_response(422, "invalid_event", detail, field_errors(exc, "(body)"))
         ev = Event.from_record(event, default_id=self._next_id(), default_time=now_iso())
-        # Never learnt here: with forwarding on, the Kafka loop learns the event once.
+        hop = HOP_HEADER in request.headers
+        fields: dict[str, Any] = {
+            "latency": ev.latency,
+            "input_length": ev.input_length,
+            "errors": ev.errors,
+            "route": ev.route,
+            "event_id": ev.event_id,
+            "timestamp": ev.event_time,
+        }
+        if event.user_id is not None:
+            fields["user_id"] = event.user_id
+        canonical = orjson.dumps(fields)
+        answer = None
+        if not hop and self.owner is not None:
+            url = self.owner(ev.route)
+            if url is not None:
+                answer = await self._ask_owner(url, canonical)
+        if answer is None:
+            if not hop and self.owner is not None:
+                self._owner_outcome("self")
+            answer = await self._answer(ev)
+        if self.forward is not None and not hop:
+            # Forwarded once, by the member the caller asked: the Kafka loop learns it.
+            # Said out loud when it could not be: such an event trains nothing.
+            answer["forwarded"] = self.forward(ev.route, canonical)
+        return json_response(answer)
+
+    async def _answer(self, ev: Event) -> dict[str, Any]:
+        """This member's verdict. Never learnt here: with forwarding on, the Kafka loop
+        learns the event once."""
         verdict = self.engine.process([ev], learn=False)[0]
         if self.on_verdict is not None:
             self.on_verdict(verdict["is_anomaly"])
-        if self.forward is not None:
-            fields: dict[str, Any] = {
-                "latency": ev.latency,
-                "input_length": ev.input_length,
-                "errors": ev.errors,
-                "route": ev.route,
-                "event_id": ev.event_id,
-                "timestamp": ev.event_time,
-            }
-            if event.user_id is not None:
-                fields["user_id"] = event.user_id
-            forwarded = self.forward(ev.route, orjson.dumps(fields))
         answer = to_response(verdict)
-        if self.forward is not None:
-            # Said out loud: an event that did not reach the input topic trains nothing.
-            answer["forwarded"] = forwarded
+        if self.instance is not None:
+            answer["answered_by"] = self.instance
         if verdict["is_anomaly"] and self.explainer is not None and self.llm_budget_s > 0:
             text = await self.explainer.explain_now(
                 ExplainRequest.from_verdict(verdict), self.llm_budget_s
@@ -169,7 +209,34 @@ class AnalyzeFlow:
             if text is not None:
                 answer["reason"] = text
                 answer["reason_source"] = "llm"
-        return json_response(answer)
+        return answer
+
+    async def _ask_owner(self, url: str, canonical: bytes) -> dict[str, Any] | None:
+        """The owner's answer for the event, or None (it did not answer in time: this
+        member answers itself, with what it knows)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._owner_timeout)
+        try:
+            async with self._session.post(
+                url.rstrip("/") + "/analyze-flow",
+                data=canonical,
+                headers={"Content-Type": "application/json", HOP_HEADER: "1"},
+            ) as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, resp.history, status=resp.status
+                    )
+                answer: dict[str, Any] = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            self._owner_outcome("owner_failed")
+            return None
+        answer.pop("forwarded", None)
+        self._owner_outcome("owner")
+        return answer
+
+    def _owner_outcome(self, outcome: str) -> None:
+        if self._on_owner is not None:
+            self._on_owner(outcome)
 
     def _too_large(self) -> web.Response:
         return error_response(413, "too_large", f"the body is larger than {self.body_max} bytes")

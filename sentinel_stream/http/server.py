@@ -33,6 +33,7 @@ from sentinel_stream.explain.llm import Explainer
 from sentinel_stream.http.analyze_flow import (
     AnalyzeFlow,
     Forward,
+    Owner,
     error_response,
     json_response,
 )
@@ -144,6 +145,9 @@ def make_app(
     forward: Forward | None = None,
     explainer: Explainer | None = None,
     llm_budget_s: float = 1.0,
+    owner: Owner | None = None,
+    owner_timeout_s: float = 0.25,
+    instance: str | None = None,
 ) -> web.Application:
     # client_max_size a little above the API's limit so the handler answers 413 itself.
     app = web.Application(middlewares=[json_errors_and_metrics], client_max_size=body_max + 1024)
@@ -159,8 +163,17 @@ def make_app(
         explainer,
         llm_budget_s,
         on_verdict=lambda flagged: metrics_.count_http_verdict(flagged, forwarded),
+        owner=owner if owner_timeout_s > 0 else None,
+        owner_timeout_s=owner_timeout_s,
+        on_owner=lambda outcome: metrics_.http_owner.labels(outcome).inc(),
+        instance=instance,
     )
     app.router.add_post("/analyze-flow", analyze.__call__)
+
+    async def close_analyze(_: web.Application) -> None:
+        await analyze.close()
+
+    app.on_cleanup.append(close_analyze)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

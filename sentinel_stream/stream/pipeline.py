@@ -95,11 +95,13 @@ class Pipeline:
         metrics: Metrics,
         on_anomaly: Callable[[VerdictRecord], None] | None = None,
         limits: TopicLimits | None = None,
+        status: LoopStatus | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
-        self.status = LoopStatus()
+        self.status = status if status is not None else LoopStatus()
         self._stop = threading.Event()
         self._fatal: KafkaError | None = None
         self._exactly_once = settings.exactly_once
@@ -112,9 +114,10 @@ class Pipeline:
                 extra={"error_cb": self._on_error},
             )
         )
-        self._consumer = Consumer(
-            consumer_config(settings, stats_cb=self._on_stats, error_cb=self._on_error)
-        )
+        extra: dict[str, Any] = {"stats_cb": self._on_stats, "error_cb": self._on_error}
+        if client_id is not None:
+            extra["client.id"] = client_id
+        self._consumer = Consumer(consumer_config(settings, **extra))
         kind = Transactional if settings.exactly_once else AtLeastOnce
         self.checkpoint: Checkpoint = kind(
             self._consumer,
@@ -267,6 +270,7 @@ class Pipeline:
         )
         self.status.running = True
         self.status.producer_ok = True
+        self.state.input_partitions = self._input_partitions()
         self.status.beat()
         timeout = s.poll_timeout_ms / 1000.0
         linger = s.batch_linger_ms / 1000.0
@@ -308,6 +312,13 @@ class Pipeline:
         finally:
             self.status.running = False
             self._close()
+
+    def _input_partitions(self) -> int:
+        try:
+            md = self._consumer.list_topics(self.settings.input_topic, timeout=10.0)
+            return len(md.topics[self.settings.input_topic].partitions)
+        except (KafkaException, KeyError):
+            return 0  # unknown for now: the partitioner check waits
 
     def _check_fatal(self) -> None:
         if self._fatal is not None:

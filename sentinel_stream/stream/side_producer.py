@@ -40,6 +40,8 @@ class SideProducer:
                     "queue.buffering.max.messages": str(settings.side_queue_max),
                     "message.timeout.ms": str(TIMEOUT_MS),
                     "delivery.report.only.error": False,
+                    # Forwarded events land where the telemetry producers' would.
+                    "partitioner": settings.partitioner,
                 },
             )
         )

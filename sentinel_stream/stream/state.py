@@ -39,6 +39,7 @@ from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.stream.kafka.clients import consumer_config
 from sentinel_stream.stream.kafka.produce import produce_waiting
+from sentinel_stream.stream.owners import partition_of
 
 log = structlog.get_logger("sentinel_stream.state")
 
@@ -95,13 +96,36 @@ class StateStore:
         """Routes whose state changed since written -> whether a model was installed."""
         self._restore: _Restore | None = None
         self._reader: Consumer | None = None
+        self._partitioner = settings.partitioner
+        self._warned_partitioner = False
+        self.input_partitions = 0
+        """The input topic's partition count, once known (the partitioner check)."""
 
     # -- what changed ----------------------------------------------------------------------
 
     def note(self, route: str, partition: int) -> None:
-        """The route's events arrive on ``partition`` (called for each scored batch)."""
+        """The route's events arrive on ``partition`` (called for each event)."""
         if self._home.get(route) != partition:
             self._home[route] = partition
+            self._check_partitioner(route, partition)
+
+    def _check_partitioner(self, route: str, partition: int) -> None:
+        """Other members find a route's owner with SENTINEL_PARTITIONER: say when the
+        producers partition otherwise (once per route and partition)."""
+        if not self.input_partitions:
+            return
+        expected = partition_of(route.encode(), self.input_partitions, self._partitioner)
+        if expected != partition:
+            self._metrics.partition_mismatches.inc()
+            if not self._warned_partitioner:
+                self._warned_partitioner = True
+                log.warning(
+                    "partitioner_mismatch",
+                    partition=partition,
+                    expected=expected,
+                    advice="set SENTINEL_PARTITIONER to the producers' partitioner; until "
+                    "then other members ask the wrong owner for such routes",
+                )
 
     def _collect(self) -> None:
         changes = self._changes.take()

@@ -81,6 +81,7 @@ class VerifiableProducer:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
+                "partitioner": "murmur2_random",
                 # Ride out the faults the test makes: acknowledged late is acknowledged.
                 "message.timeout.ms": 300_000,
             }

@@ -37,7 +37,15 @@ def create_topics(
 def produce(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    # Java clients' partitioner, the service's default SENTINEL_PARTITIONER.
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+        }
+    )
     n = 0
     for key, value in records:
         produce_waiting(p, topic, value, key)
