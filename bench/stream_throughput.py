@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -48,6 +49,7 @@ from sentinel_stream.stream.kafka.clients import consumer_config, producer_confi
 from sentinel_stream.stream.kafka.produce import produce_waiting
 from sentinel_stream.stream.pipeline import Pipeline
 from sentinel_stream.tools.synthetic import generate
+from tests.support.kafka import create_topics as make_topics
 
 PARTITIONS = 6
 
@@ -89,14 +91,24 @@ class PassThrough:
             self.consumer.close()
 
 
-def create_topics(bootstrap: str, names: list[str]) -> None:
+def create_topics(bootstrap: str, names: list[str], output: str) -> None:
+    make_topics(bootstrap, [n for n in names if n != output], PARTITIONS)
+    # The output topic stamps records when the broker appends them, so the rate measured
+    # from them is what reached the broker, not how fast records entered a local queue.
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
-        f.result(30)
+    config = {"message.timestamp.type": "LogAppendTime"}
+    admin.create_topics([NewTopic(output, PARTITIONS, 1, config=config)])[output].result(30)
 
 
 def preload(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "partitioner": "murmur2_random",
+        }
+    )
     t = time.perf_counter()
     for i, e in enumerate(events):
         e = {**e, "event_id": f"p{i}"}
@@ -116,8 +128,29 @@ def end_count(bootstrap: str, topic: str) -> int:
         c.close()
 
 
-def read_timestamps(bootstrap: str, topic: str, want: int, timeout: float) -> dict[str, int]:
-    """event_id -> record timestamp (ms) of ``want`` records of ``topic``."""
+def paced_producer(
+    bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float, total: int
+) -> None:
+    """Send ``total`` events at ``rate`` per second, in 1 ms steps (run as a process)."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "partitioner": "murmur2_random"})
+    start = time.monotonic()
+    i = 0
+    while i < total:
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            e = {**events[i % len(events)], "event_id": f"l{i}"}
+            produce_waiting(p, topic, orjson.dumps(e), e["route"].encode())
+            i += 1
+        p.poll(0)
+        time.sleep(0.001)
+    p.flush(60)
+
+
+def read_timestamps(
+    bootstrap: str, topic: str, want: int, timeout: float, prefix: str = ""
+) -> dict[str, int]:
+    """event_id -> record timestamp (ms) of the records of ``topic`` whose event id
+    starts with ``prefix``, reading until ``want`` records are seen."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -128,12 +161,16 @@ def read_timestamps(bootstrap: str, topic: str, want: int, timeout: float) -> di
     )
     c.subscribe([topic])
     out: dict[str, int] = {}
+    seen = 0
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < want and time.monotonic() < deadline:
+        while seen < want and time.monotonic() < deadline:
             for m in c.consume(5000, 0.5):
                 if m.error() is None:
-                    out[orjson.loads(m.value())["event_id"]] = m.timestamp()[1]
+                    seen += 1
+                    event_id = orjson.loads(m.value())["event_id"]
+                    if event_id.startswith(prefix):
+                        out[event_id] = m.timestamp()[1]
     finally:
         c.close()
     return out
@@ -164,11 +201,14 @@ def run_case(
         input_topic=f"{prefix}.in",
         output_topic=f"{prefix}.out",
         dlq_topic=f"{prefix}.dlq",
+        state_topic=f"{prefix}.state",
         refit_workers=1,
         instance_id=f"{prefix}-member",
         **settings,
     )
-    create_topics(bootstrap, [s.input_topic, s.output_topic, s.dlq_topic])
+    create_topics(
+        bootstrap, [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic], s.output_topic
+    )
     preload(bootstrap, s.input_topic, events)
     runner = make(s)
     thread = threading.Thread(target=runner.run, daemon=True)
@@ -178,26 +218,17 @@ def run_case(
     stamps = read_timestamps(bootstrap, s.output_topic, n, 300)
     ts = sorted(stamps.values())
     throughput = (len(ts) - 1) / max((ts[-1] - ts[0]) / 1000.0, 1e-9) if len(ts) > 1 else 0.0
-    # Phase 2: paced load into the warmed consumer.
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    sent_at: dict[str, int] = {}
-    start = time.monotonic()
-    i = 0
+    # Phase 2: paced load into the warmed consumer, from another process (a load
+    # generator in this one would compete with the pipeline for the interpreter).
     total = int(rate * seconds)
-    while i < total and time.monotonic() - start < seconds + 5:
-        due = start + i / rate
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
-        e = {**events[i % n], "event_id": f"l{i}"}
-        ms = int(time.time() * 1000)
-        p.produce(s.input_topic, orjson.dumps(e), e["route"].encode(), timestamp=ms)
-        p.poll(0)
-        sent_at[e["event_id"]] = ms
-        i += 1
-    p.flush(60)
+    gen = multiprocessing.get_context("spawn").Process(
+        target=paced_producer, args=(bootstrap, s.input_topic, events, rate, total)
+    )
+    gen.start()
+    gen.join(seconds + 60)
+    sent_at = read_timestamps(bootstrap, s.input_topic, n + total, 120, prefix="l")
     wait_until(lambda: end_count(bootstrap, s.output_topic) >= n + len(sent_at), 120)
-    got = read_timestamps(bootstrap, s.output_topic, n + len(sent_at), 120)
+    got = read_timestamps(bootstrap, s.output_topic, n + len(sent_at), 120, prefix="l")
     lat = sorted(got[k] - v for k, v in sent_at.items() if k in got)
     runner.stop()
     thread.join(60)

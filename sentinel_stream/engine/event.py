@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sentinel_stream.clock import format_event_time
-from sentinel_stream.records import TelemetryEvent
+from sentinel_stream.records import TelemetryEventFields
 
 
 @dataclass(slots=True)
@@ -26,25 +26,22 @@ class Event:
     @classmethod
     def from_record(
         cls,
-        record: TelemetryEvent,
+        record: TelemetryEventFields,
         default_id: str,
         default_time: str,
         source: tuple[str, int, int] | None = None,
         produced_ms: int | None = None,
     ) -> Event:
-        """The one way from a validated record to an event: the record's own id and
-        timestamp when it has them, the door's defaults otherwise."""
+        """The one way from a validated record (``EVENT_FIELDS``) to an event: the
+        record's own id and timestamp when it has them, the door's defaults otherwise."""
+        ts = record.get("timestamp")
         return cls(
-            route=record.route,
-            latency=record.latency,
-            input_length=record.input_length,
-            errors=record.errors,
-            event_id=record.event_id or default_id,
-            event_time=(
-                format_event_time(record.timestamp)
-                if record.timestamp is not None
-                else default_time
-            ),
-            source=source,
-            produced_ms=produced_ms,
+            record["route"],
+            record["latency"],
+            record["input_length"],
+            record["errors"],
+            record.get("event_id") or default_id,
+            format_event_time(ts) if ts is not None else default_time,
+            source,
+            produced_ms,
         )

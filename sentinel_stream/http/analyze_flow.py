@@ -36,7 +36,7 @@ from sentinel_stream.clock import now_iso
 from sentinel_stream.engine import Engine, Event
 from sentinel_stream.explain.llm import Explainer, ExplainRequest
 from sentinel_stream.records import (
-    TelemetryEvent,
+    EVENT_FIELDS,
     VerdictRecord,
     describe_validation,
     field_errors,
@@ -159,7 +159,7 @@ class AnalyzeFlow:
         if len(body) > self.body_max:
             return self._too_large()
         try:
-            event = TelemetryEvent.model_validate_json(body)
+            event = EVENT_FIELDS.validate_json(body)
         except ValidationError as exc:
             code, detail = describe_validation(exc)
             if code == "invalid_json":
@@ -175,8 +175,9 @@ class AnalyzeFlow:
             "event_id": ev.event_id,
             "timestamp": ev.event_time,
         }
-        if event.user_id is not None:
-            fields["user_id"] = event.user_id
+        user_id = event.get("user_id")
+        if user_id is not None:
+            fields["user_id"] = user_id
         canonical = orjson.dumps(fields)
         answer = None
         if not hop and self.owner is not None:

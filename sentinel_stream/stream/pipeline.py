@@ -40,7 +40,6 @@ from typing import Any
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -50,7 +49,7 @@ from confluent_kafka import (
 )
 
 from sentinel_stream.config import Settings
-from sentinel_stream.engine import Engine, Event, Failed
+from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.records import VerdictRecord
 from sentinel_stream.status import LoopStatus
@@ -61,7 +60,7 @@ from sentinel_stream.stream.checkpoint import (
     Outcome,
     Transactional,
 )
-from sentinel_stream.stream.decode import BadRecord, decode_record
+from sentinel_stream.stream.decode import decode_batch
 from sentinel_stream.stream.errors import Backoff, describe, error_of, heals
 from sentinel_stream.stream.kafka.batching import next_batch
 from sentinel_stream.stream.kafka.clients import consumer_config, producer_config
@@ -445,61 +444,25 @@ class Pipeline:
     def _handle(self, msgs: list[Message]) -> None:
         m = self.metrics
         t0 = time.perf_counter()
-        events: list[Event] = []
-        raws: list[tuple[bytes | None, bytes | None]] = []
-        bad: list[BadRecord] = []
-        topic = self.settings.input_topic
-        last: dict[int, int] = {}
-        owned = self._owned
+        batch = decode_batch(msgs, self.settings.input_topic, self._owned, self._consumer_error)
+        events = batch.events
+        if batch.skipped:
+            m.records_skipped_revoked.inc(batch.skipped)
         note = self.state.note
-        skipped = 0
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if not heals(err):
-                    raise PipelineError(f"consumer error: {describe(err)}")
-                log.warning("consumer_error", error=describe(err))
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if partition not in owned:
-                # Revoked while this batch was fetched: its new owner reads it from our
-                # last commit.
-                skipped += 1
-                continue
-            last[partition] = offset
-            ts_type, ts = msg.timestamp()
-            rec = decode_record(
-                msg.key(),
-                msg.value(),
-                topic,
-                partition,
-                offset,
-                None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-            )
-            if isinstance(rec, Event):
-                events.append(rec)
-                raws.append((msg.key(), msg.value()))
-                note(rec.route, partition)
-            else:
-                bad.append(rec)
-        if skipped:
-            m.records_skipped_revoked.inc(skipped)
+        for e in events:
+            note(e.route, e.source[1])  # type: ignore[index]
         self.checkpoint.begin()
         t1 = time.perf_counter()
-        results = self.engine.process_each(events)
+        encoded = self.engine.process_each(events, features=batch.features)
         t2 = time.perf_counter()
-        anomalies: dict[str, int] = {}
-        for result, raw in zip(results, raws, strict=True):
-            if isinstance(result, Failed):
-                self.publisher.failed(result.event, raw, result.error)
-            elif self.publisher.verdict(result, raw):
-                anomalies[result["detector"]] = anomalies.get(result["detector"], 0) + 1
-        for b in bad:
+        anomalies = self.publisher.verdicts(events, batch.raws, encoded)
+        for b in batch.bad:
             self.publisher.dead_letter(b)
         # Only now, with their outputs produced, do the records count as processed.
-        for partition, offset in last.items():
+        for partition, offset in batch.last.items():
             self.checkpoint.track(partition, offset)
-        self.status.waiting_for = None if not self._paused else self.status.waiting_for
+        if not self._paused:
+            self.status.waiting_for = None
         t3 = time.perf_counter()
         self.status.records += len(msgs)
         m.records_consumed.inc(len(msgs))
@@ -510,9 +473,14 @@ class Pipeline:
         m.stage_seconds.labels("decode").observe(t1 - t0)
         m.stage_seconds.labels("score").observe(t2 - t1)
         m.stage_seconds.labels("publish").observe(t3 - t2)
-        oldest = min((e.produced_ms for e in events if e.produced_ms), default=None)
-        if oldest is not None:
-            m.verdict_lag.observe(max(0.0, time.time() - oldest / 1000.0))
+        if events and events[0].produced_ms:
+            m.verdict_lag.observe(max(0.0, time.time() - events[0].produced_ms / 1000.0))
+
+    def _consumer_error(self, err: KafkaError) -> None:
+        """An error the consumer returned in place of a record."""
+        if not heals(err):
+            raise PipelineError(f"consumer error: {describe(err)}")
+        log.warning("consumer_error", error=describe(err))
 
 
 def describe_settings(settings: Settings) -> dict[str, Any]:

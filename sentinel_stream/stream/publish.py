@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import orjson
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from sentinel_stream.engine import Event
+from sentinel_stream.engine import Encoded, Event
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.records import (
     DETAIL_MAX,
@@ -96,24 +95,43 @@ class Publisher:
     ) -> None:
         produce_waiting(self._producer, topic, value, key, headers, on_full=self._full)
 
-    def verdict(self, v: VerdictRecord, raw: tuple[bytes | None, bytes | None]) -> bool:
-        """Produce one verdict; a verdict that fails becomes a dead letter of ``raw``
-        (the record's original key and value). True when an anomaly was published."""
-        if self._anomalies_only and not v["is_anomaly"]:
-            return False
-        try:
-            value = orjson.dumps(v)
-            self._produce(self._out, v["route"].encode(), value, None)
-        except (orjson.JSONEncodeError, KafkaException, UnicodeEncodeError) as exc:
-            src = v["source"]
-            assert src is not None, "Kafka verdicts carry their source"
-            source = (src["topic"], src["partition"], src["offset"])
-            self.dead_letter(processing_error(raw[0], raw[1], source, exc))
-            return False
-        self.metrics.verdicts_published.inc()
-        if v["is_anomaly"] and self._on_anomaly is not None:
-            self._on_anomaly(v)
-        return v["is_anomaly"]
+    def verdicts(
+        self, events: list[Event], raws: list[tuple[bytes | None, bytes | None]], batch: Encoded
+    ) -> dict[str, int]:
+        """Produce a batch's verdicts (keyed by route); an event that failed, or whose
+        verdict cannot be produced, becomes a dead letter of its original bytes.
+        Returns the anomalies published per detector."""
+        produce = self._producer.produce
+        out = self._out
+        flagged = {i for i, _ in batch.anomalies}
+        published = 0
+        for i, payload in enumerate(batch.payloads):
+            if payload is None or (self._anomalies_only and i not in flagged):
+                continue
+            key = events[i].route.encode()
+            try:
+                try:
+                    produce(out, payload, key)
+                except BufferError:
+                    self._produce(out, key, payload, None)
+            except (KafkaException, UnicodeEncodeError) as exc:
+                source = events[i].source
+                assert source is not None, "Kafka events carry their source"
+                self.dead_letter(processing_error(raws[i][0], raws[i][1], source, exc))
+                flagged.discard(i)
+                continue
+            published += 1
+        self.metrics.verdicts_published.inc(published)
+        by_detector: dict[str, int] = {}
+        for i, v in batch.anomalies:
+            if i not in flagged:
+                continue
+            by_detector[v["detector"]] = by_detector.get(v["detector"], 0) + 1
+            if self._on_anomaly is not None:
+                self._on_anomaly(v)
+        for i, failure in batch.failed:
+            self.failed(failure.event, raws[i], failure.error)
+        return by_detector
 
     def failed(self, event: Event, raw: tuple[bytes | None, bytes | None], exc: Exception) -> None:
         """An event the engine could not score: to the DLQ, the loop goes on."""

@@ -224,7 +224,14 @@ class StateStore:
         ends = {}
         for p in partitions:
             tp = TopicPartition(self._topic, p)
-            low, high = reader.get_watermark_offsets(tp, timeout=10.0, cached=False)
+            try:
+                low, high = reader.get_watermark_offsets(tp, timeout=10.0, cached=False)
+            except KafkaException as exc:
+                # No state to read (the topic is gone or unreachable): the partition's
+                # routes warm up again rather than hold the partition up.
+                self._metrics.state_skipped.labels("unreadable").inc()
+                log.warning("state_unreadable", partition=p, error=str(exc))
+                continue
             if low > 0:
                 log.warning(
                     "state_partly_gone",

@@ -42,7 +42,7 @@ from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import InlineRefitter
 from sentinel_stream.detect.rules import RuleScorer, RuleSpec
 from sentinel_stream.engine import Engine, Event
-from sentinel_stream.records import TelemetryEvent
+from sentinel_stream.records import EVENT_FIELDS
 
 F64 = npt.NDArray[np.float64]
 LABEL_COLUMNS = ("label", "is_anomaly", "y", "anomaly", "outlier", "class")
@@ -115,11 +115,13 @@ def score_stream(
             block = data.x[i : i + CHUNK * 8]
             events = [
                 Event.from_record(
-                    TelemetryEvent(
-                        route=routes[i + j],
-                        latency=float(r[cols[0]]),
-                        input_length=int(r[cols[1]]),
-                        errors=int(r[cols[2]]),
+                    EVENT_FIELDS.validate_python(
+                        {
+                            "route": routes[i + j],
+                            "latency": float(r[cols[0]]),
+                            "input_length": int(r[cols[1]]),
+                            "errors": int(r[cols[2]]),
+                        }
                     ),
                     default_id=str(i + j),
                     default_time="",

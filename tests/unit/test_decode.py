@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, Message
 
 from sentinel_stream.clock import EPOCH_MS_MAX, EPOCH_MS_MIN
 from sentinel_stream.engine import Event
 from sentinel_stream.records import COUNT_MAX, LATENCY_MAX_MS, MAX_RECORD_BYTES
-from sentinel_stream.stream.decode import BadRecord, decode_record
+from sentinel_stream.stream.decode import BadRecord, decode_batch, decode_record
 
 GOOD = {"latency": 12.5, "input_length": 10, "errors": 0, "route": "/a"}
 
@@ -133,3 +134,66 @@ def test_a_record_without_a_kafka_timestamp_takes_the_time_of_decoding() -> None
     assert isinstance(ev, Event)
     when = datetime.fromisoformat(ev.event_time)
     assert before - timedelta(seconds=1) <= when <= datetime.now(UTC)
+
+
+def test_the_batch_decoder_equals_decode_record() -> None:
+    cases: list[tuple[bytes | None, int | None]] = [(v, 1_700_000_000_123) for v, _, _ in BAD_CASES]
+    cases += [
+        (orjson.dumps(GOOD), 1_700_000_000_123),
+        (orjson.dumps({**GOOD, "event_id": "own", "route": "/b"}), 5),
+        (orjson.dumps({**GOOD, "timestamp": "2026-01-01T00:00:00+02:00"}), EPOCH_MS_MAX + 1),
+        (orjson.dumps(GOOD), EPOCH_MS_MAX + 1),
+        (orjson.dumps({**GOOD, "latency": 7.5, "errors": 3}), 0),
+    ]
+    msgs = [
+        Message(
+            topic="telemetry",
+            partition=i % 3,
+            offset=100 + i,
+            key=b"k%d" % i,
+            value=value,
+            timestamp=(1, ts) if ts is not None else (0, -1),
+        )
+        for i, (value, ts) in enumerate(cases)
+    ]
+    batch = decode_batch(msgs, "telemetry", {0, 1, 2}, lambda err: None)
+    one_by_one = [
+        decode_record(m.key(), m.value(), "telemetry", m.partition() or 0, m.offset() or 0, ts)
+        for m, (_, ts) in zip(msgs, cases, strict=True)
+    ]
+    events = [r for r in one_by_one if isinstance(r, Event)]
+    bad = [r for r in one_by_one if isinstance(r, BadRecord)]
+    assert bad == batch.bad
+    assert len(events) == len(batch.events) == len(batch.raws) == len(batch.features)
+    for mine, theirs in zip(batch.events, events, strict=True):
+        if theirs.produced_ms is not None and mine.produced_ms is not None:
+            assert abs(mine.produced_ms - theirs.produced_ms) < 5_000  # "now" for no stamp
+            mine.produced_ms = theirs.produced_ms
+            mine.event_time = (
+                theirs.event_time
+                if mine.event_time[:13] == theirs.event_time[:13]
+                else mine.event_time
+            )
+        assert mine == theirs
+    assert batch.features.tolist() == [[e.latency, e.input_length, e.errors] for e in events]
+    assert batch.last == {
+        0: max(100 + i for i in range(len(cases)) if i % 3 == 0),
+        1: max(100 + i for i in range(len(cases)) if i % 3 == 1),
+        2: max(100 + i for i in range(len(cases)) if i % 3 == 2),
+    }
+
+
+def test_the_batch_decoder_leaves_revoked_partitions_and_reports_errors() -> None:
+    msgs = [
+        Message(
+            topic="telemetry", partition=0, offset=1, value=orjson.dumps(GOOD), timestamp=(1, 5)
+        ),
+        Message(
+            topic="telemetry", partition=1, offset=1, value=orjson.dumps(GOOD), timestamp=(1, 5)
+        ),
+        Message(error=KafkaError(KafkaError._TRANSPORT)),
+    ]
+    errors: list[KafkaError] = []
+    batch = decode_batch(msgs, "telemetry", {1}, errors.append)
+    assert batch.skipped == 1 and len(batch.events) == 1 and batch.last == {1: 1}
+    assert [e.code() for e in errors] == [KafkaError._TRANSPORT]
