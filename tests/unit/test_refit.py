@@ -44,16 +44,21 @@ def _request(route: str, token: int, rows: int = 64, seed: int = 0) -> FitReques
     return FitRequest(route, token, np.log1p(data), 10, 32, 0.01, 0.5, seed)
 
 
-def test_first_fits_go_before_refits() -> None:
+def test_first_fits_and_refits_take_turns() -> None:
+    # A flood of new routes must not starve the refits of routes already served (nor the
+    # other way round): with both queues waiting, each gets every other worker.
     refitter = ProcessRefitter(1)
     try:
         refitter.submit("/busy", False, lambda: _request("/busy", 1))  # takes the worker
-        refitter.submit("/again", False, lambda: _request("/again", 1))
-        refitter.submit("/new", True, lambda: _request("/new", 1))
-        assert refitter.running == 1 and refitter.queued == 2
-        assert refitter.wait_idle(120)
+        for r in ("/again1", "/again2"):
+            refitter.submit(r, False, lambda r=r: _request(r, 1))  # type: ignore[misc]
+        for r in ("/new1", "/new2", "/new3"):
+            refitter.submit(r, True, lambda r=r: _request(r, 1))  # type: ignore[misc]
+        assert refitter.running == 1 and refitter.queued == 5
+        assert refitter.wait_idle(180)
         order = [r.route for r in refitter.collect()]
-        assert order == ["/busy", "/new", "/again"]
+        assert order == ["/busy", "/new1", "/again1", "/new2", "/again2", "/new3"]
+        assert (refitter.dispatched_first, refitter.dispatched_again) == (3, 3)
     finally:
         refitter.close()
 
@@ -64,17 +69,55 @@ def test_a_request_whose_route_is_gone_is_skipped() -> None:
     assert refitter.collect() == []
 
 
-def test_a_failed_fit_is_reported_and_the_route_asks_again() -> None:
-    # scikit-learn refuses a forest of no trees: every fit of this detector fails.
-    params = DetectorParams(min_history=20, refit_min_interval_s=0.0, n_estimators=0)
+def test_a_failed_fit_is_reported_and_the_route_asks_again_later() -> None:
+    # scikit-learn refuses a forest of no trees: every fit of this detector fails. The
+    # route asks again after refit_every admitted rows, not on every batch, and waits
+    # longer after each further failure.
+    params = DetectorParams(
+        min_history=20, refit_every=10, refit_min_interval_s=0.0, n_estimators=0
+    )
     refitter = InlineRefitter()
     d = Detector(params, telemetry_rules(20, 5), refitter)
-    raw = np.random.default_rng(0).lognormal(3, 0.2, size=(30, 3))
+    raw = np.random.default_rng(0).lognormal(3, 0.2, size=(400, 3))
     raw[:, 2] = 0  # no errors
     rows = np.log1p(raw).astype(np.float32)
-    d.score_and_learn("/bad", rows)
+    d.score_and_learn("/bad", rows[:30])
     assert d.install_completed() == 0 and d.stats.fits_discarded == 1 and refitter.failures == 1
     state = d.route_state("/bad")
     assert state is not None and not state.fit_pending and state.model is None
-    s = d.score_and_learn("/bad", rows[:5])  # still scored, by the rules
-    assert s.detector == "rules" and refitter.failures == 2
+    attempts = []
+    for i in range(30, 400, 5):
+        s = d.score_and_learn("/bad", rows[i : i + 5])  # still scored, by the rules
+        assert s.detector == "rules"
+        d.install_completed()
+        attempts.append(refitter.failures)
+    # 370 rows: retries after 10, 10, 20, 40, 80, 80, 80 ... admitted rows, not 74.
+    assert d.stats.fits_failed == refitter.failures
+    assert 6 <= refitter.failures <= 9, refitter.failures
+    assert d.stats.fits_requested_first == 1
+
+
+def test_a_model_dropped_by_the_cap_is_refit_on_the_refit_cadence() -> None:
+    # Two routes, room for one model. A route whose model was dropped used to ask for a
+    # first fit at once, on every batch: each batch installed one model and dropped the
+    # other. Now it asks as a refit, after refit_every admitted rows.
+    params = DetectorParams(
+        min_history=20,
+        refit_every=50,
+        refit_min_interval_s=0.0,
+        max_models=1,
+        model_features=(0, 1),
+        seed=1,
+    )
+    d = Detector(params, telemetry_rules(20, 5), InlineRefitter())
+    raw = np.random.default_rng(1).lognormal(3, 0.2, size=(400, 3))
+    raw[:, 2] = 0
+    rows = np.log1p(raw).astype(np.float32)
+    for i in range(0, 400, 10):
+        for route in ("/a", "/b"):
+            d.install_completed()
+            d.score_and_learn(route, rows[i : i + 10])
+    assert d.stats.fits_requested_first == 2
+    # 380 rows after each first fit: at most 380 / 50 refits each, not one per batch.
+    assert d.stats.fits_requested_again <= 2 * (380 // 50)
+    assert d.stats.models_dropped >= 1 and d.models_trained == 1
