@@ -83,7 +83,7 @@ a mature route's default ``drift_events`` is five windows)."""
 MOVED_TAIL_SHARE = 1.5 * TAIL
 """Traffic has moved when more than this share of the rows scored since the last fit lie
 above the model's out-of-bag 90th percentile (a tenth do while it has not)."""
-MAX_REFIT_SPACING_WINDOWS = int(__import__("os").environ.get("MRS", "4"))
+MAX_REFIT_SPACING_WINDOWS = 4
 """A mature route whose traffic stays what its model was fit on is refit at least every
 this many windows of admitted rows."""
 BASELINE_REFRESH = 16

@@ -11,14 +11,19 @@ request with 15 errors.
 Features of unknown meaning and scale (a labelled data set's columns) cannot be judged
 in log space: a fixed distance is nothing on a feature that spans hundreds and
 everything on one that spans a hundredth. Their rules (``relative`` specs) compare with
-the largest value the route has learnt and measure the excess in units of the feature's
-own *span*, its largest value minus its median (at least its p10-p90 spread), times the
-factor (:data:`GENERIC_FACTOR`, 3): a value is flagged once it lies three times as far
-beyond the largest value seen as that lies beyond the median. On light tails that never
-happens to a normal row; on heavy ones (log-normal, Pareto) rarely enough that even with
-dozens of such features an ordinary row does not trip a rule (``tests/unit/test_rules.py``
-measures it on normal rows of 36 heavy-tailed features; at factor 1, 1 % of such rows
-were flagged by the rules alone).
+the largest value the route has learnt, and measure the excess in a unit of the
+feature's own, the largest of:
+
+- three times its p10-p90 spread (:data:`GENERIC_FACTOR`);
+- ``log2(n_features / 3)`` times how far its largest value lies beyond its median: with
+  more features, more chances that some feature of an ordinary row exceeds what was
+  seen, so each feature's bar rises with their number (0 for three features, 3.6 for
+  36). On heavy tails (log-normal, Pareto) this is what keeps ordinary rows of dozens
+  of features from tripping a rule (``tests/unit/test_rules.py`` measures it on 36);
+- ``log(20)`` (:data:`GENERIC_LEAST_UNIT`): on a feature that barely varies (a duration
+  that is almost always 0) the spreads are nothing, and every other value would be
+  flagged, never learnt, and flagged again. On a log-scaled feature it is 20 times the
+  largest value.
 
 The score is ``max_f deviation_f / 2`` in units of each feature's factor, clipped to
 [0, 1]: exactly at the factor it is 0.5, the rules' threshold. With ``sum_excess``
@@ -75,6 +80,8 @@ class RuleScorer:
         """Each feature's unit of deviation without history (and always, unless relative)."""
         self._relative = np.array([s.relative for s in specs])
         self._factor = np.array([s.factor for s in specs])
+        # Each feature's bar rises with the number of features (see the module doc).
+        self._span_factor = max(math.log2(len(specs) / 3.0), 0.0)
         self._cold = np.array([s.cold_typical for s in specs])
         self._use_p90 = np.array([s.reference == "p90" for s in specs])
         self._use_p99 = np.array([s.reference == "p99" for s in specs])
@@ -92,7 +99,7 @@ class RuleScorer:
         if baseline is None or baseline.count < RULE_MIN_HISTORY or not self._relative.any():
             return self.log_factor
         unit = np.maximum(
-            self._factor * baseline.spread, GENERIC_SPAN_FACTOR * (baseline.top - baseline.median)
+            self._factor * baseline.spread, self._span_factor * (baseline.top - baseline.median)
         )
         unit = np.maximum(unit, GENERIC_LEAST_UNIT)
         return np.where(self._relative, unit, self.log_factor)
@@ -134,15 +141,11 @@ def telemetry_rules(rule_factor: float, error_burst: int) -> RuleScorer:
     )
 
 
-GENERIC_FACTOR = 6.0
+GENERIC_FACTOR = 3.0
 """Spreads (p10 to p90) beyond the largest value learnt at which a rule for a feature of
-unknown meaning fires."""
-GENERIC_SPAN_FACTOR = 3.0
-"""...and at least this many times as far beyond it as it lies beyond the median."""
+unknown meaning fires, at least (see the module doc)."""
 GENERIC_LEAST_UNIT = math.log(20.0)
-"""...and at least ``log(20)``: on a feature that barely varies (a duration that is almost
-always 0) the spreads are nothing, and every other value would be flagged, never learnt,
-and flagged again. On a log-scaled feature ``log(20)`` is 20 times the largest value."""
+"""The least unit of a rule for a feature of unknown meaning (see the module doc)."""
 
 
 def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer:
