@@ -61,9 +61,9 @@ def quality(path: Path, order: str, seed: int, baselines: bool = True) -> dict[s
     }
     if order == "anomalies-first":
         normal = flags[stream.y == 0]
-        window = Settings().history_max
-        out["fpr_normal_after_two_windows"] = round(float(normal[2 * window :].mean()), 5)
-        out["fpr_normal_first_window"] = round(float(normal[:window].mean()), 5)
+        w = Settings().history_max
+        parts = (normal[:w], normal[w : 2 * w], normal[2 * w :])
+        out["fpr_normal_windows"] = [round(float(p.mean()), 5) if len(p) else None for p in parts]
     if baselines:
         x = ev.baseline_features(stream)
         batch, batch_scores = ev.baseline_batch(x, stream.y)
@@ -74,8 +74,8 @@ def quality(path: Path, order: str, seed: int, baselines: bool = True) -> dict[s
     return out
 
 
-def fit_times(fits: int) -> dict[str, Any]:
-    """Median of ``fits`` fits of 100 trees on 1,000 rows (the service's whole fit: trees,
+def fit_times(fits: int, rows: int = 1000) -> dict[str, Any]:
+    """Median of ``fits`` fits of 100 trees on ``rows`` rows (the service's whole fit: trees,
     layout, ranges, out-of-bag scores, tail threshold) beside sklearn's bare fit, the two
     interleaved so that the machine's noise falls on both."""
     from sklearn.ensemble import IsolationForest
@@ -83,7 +83,7 @@ def fit_times(fits: int) -> dict[str, Any]:
     from sentinel_stream.detect.refit import FitRequest, fit_route
 
     rng = np.random.default_rng(1)
-    x = np.log1p(rng.lognormal(4, 0.3, size=(1000, 2))).astype(np.float32)
+    x = np.log1p(rng.lognormal(4, 0.3, size=(rows, 2))).astype(np.float32)
     fit_route(FitRequest("/w", 0, x, 100, 256, 0.001, 0.68, 0))  # compile the kernels
     ours, bare = [], []
     for i in range(fits):
@@ -95,7 +95,12 @@ def fit_times(fits: int) -> dict[str, Any]:
         ours.append(time.perf_counter() - t)
     ms = 1000 * statistics.median(ours)
     base = 1000 * statistics.median(bare)
-    return {"fits": fits, "fit_ms_median": round(ms, 1), "sklearn_fit_ms_median": round(base, 1)}
+    return {
+        "fits": fits,
+        "rows": rows,
+        "fit_ms_median": round(ms, 1),
+        "sklearn_fit_ms_median": round(base, 1),
+    }
 
 
 def synthetic(events: int) -> Path:
@@ -111,15 +116,15 @@ def synthetic(events: int) -> Path:
 
 def fmt(r: dict[str, Any]) -> str:
     if "roc_auc" not in r:
-        return r.get("note", "")
-    return f"{r['roc_auc']:.3f} / {r['auprc']:.3f} | {r['recall']:.2f} | {100 * r['fpr']:.2f} %"
+        return f"{r.get('note', '')} | | "
+    return f"{r['roc_auc']:.4f} / {r['auprc']:.3f} | {r['recall']:.2f} | {100 * r['fpr']:.2f} %"
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| set | order | ours: ROC AUC / AUPRC, recall, FPR | batch IsolationForest | "
-        "River HalfSpaceTrees | top1% | rows/s |",
-        "| --- | --- | --- | --- | --- | ---: | ---: |",
+        "| set | order | ours ROC AUC / AUPRC | recall | FPR | batch IF ROC AUC / AUPRC | "
+        "recall | FPR | River HST ROC AUC / AUPRC | recall | FPR | top1% | ours rows/s |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         ours = r["ours"]
@@ -131,6 +136,31 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def pct(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.2f} %"
+
+
+def render(res: dict[str, Any]) -> str:
+    out = ["## ODDS sets, file and shuffled order\n", table(res["odds"])]
+    out += [
+        "\n## Anomalies first (a route that begins in trouble)\n",
+        "| set | anomalies | FPR on normal rows: first window | second window | after |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in res["first"]:
+        w = r["fpr_normal_windows"]
+        out.append(f"| {r['set']} | {r['anomalies']} | {' | '.join(pct(v) for v in w)} |")
+    if res["telemetry"]:
+        out += ["\n## Telemetry: KDD Cup 99 http, synthetic (100,000 events)\n"]
+        out.append(table(res["telemetry"]))
+    f = res["fit"]
+    out.append(
+        f"\n## Fit cost\n\n100 trees on {f['rows']:,} rows, median of {f['fits']}: "
+        f"{f['fit_ms_median']} ms; sklearn's bare fit, same run: {f['sklearn_fit_ms_median']} ms"
+    )
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="ODDS and fit times only")
@@ -138,35 +168,23 @@ def main() -> int:
     ap.add_argument("--fits", type=int, default=21)
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--render", help="print the tables of a results file written by --json")
     args = ap.parse_args()
-    res: dict[str, Any] = {"odds": [], "first": [], "telemetry": []}
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text(encoding="utf-8"))))
+        return 0
+    res: dict[str, Any] = {"seed": args.seed, "odds": [], "first": [], "telemetry": []}
     for name in args.sets.split(","):
         path = ODDS / f"{name}.mat"
         for order in ("file", "shuffled"):
             res["odds"].append(quality(path, order, args.seed))
             print(table(res["odds"][-1:]).splitlines()[-1], flush=True)
         res["first"].append(quality(path, "anomalies-first", args.seed, baselines=False))
-    print(f"\n## ODDS sets, file and shuffled order (seed {args.seed})\n")
-    print(table(res["odds"]))
-    print("\n## Anomalies first (a route that begins in trouble)\n")
-    print("| set | anomalies | FPR on normal rows, first window | after two windows |")
-    print("| --- | ---: | ---: | ---: |")
-    for r in res["first"]:
-        print(
-            f"| {r['set']} | {r['anomalies']} | {100 * r['fpr_normal_first_window']:.2f} % | "
-            f"{100 * r['fpr_normal_after_two_windows']:.2f} % |"
-        )
     if not args.quick:
         res["telemetry"].append(quality(KDD, "file", args.seed))
         res["telemetry"].append(quality(synthetic(100_000), "file", args.seed))
-        print("\n## Telemetry: KDD Cup 99 http, synthetic (100,000 events)\n")
-        print(table(res["telemetry"]))
     res["fit"] = fit_times(args.fits)
-    f = res["fit"]
-    print(
-        f"\n## Fit cost\n\n100 trees on a 1,000-row window, median of {f['fits']}: "
-        f"{f['fit_ms_median']} ms (sklearn's bare fit, same run: {f['sklearn_fit_ms_median']} ms)"
-    )
+    print(render(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")
     return 0
