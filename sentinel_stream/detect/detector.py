@@ -406,7 +406,7 @@ class Detector:
             self.stats.fits_requested_again += 1
             model = state.model
             if model is not None and model.trained_on >= p.history_max:
-                # Not moved by the time it is due: the next refit may wait twice as long.
+                # The next refit waits twice as long, unless the traffic moves by then.
                 room = max(p.refit_every, MAX_REFIT_SPACING_WINDOWS * p.history_max)
                 if p.refit_every << (state.refit_backoff + 1) <= room:
                     state.refit_backoff += 1

@@ -121,3 +121,39 @@ def test_a_model_dropped_by_the_cap_is_refit_on_the_refit_cadence() -> None:
     # 380 rows after each first fit: at most 380 / 50 refits each, not one per batch.
     assert d.stats.fits_requested_again <= 2 * (380 // 50)
     assert d.stats.models_dropped >= 1 and d.models_trained == 1
+
+
+def test_refits_of_a_route_whose_traffic_stays_put_back_off_and_come_back_when_it_moves() -> None:
+    params = DetectorParams(
+        history_max=200,
+        min_history=50,
+        refit_every=50,
+        refit_min_interval_s=0.0,
+        model_features=(0, 1),
+        seed=1,
+    )
+    d = Detector(params, telemetry_rules(20, 5), InlineRefitter())
+    rng = np.random.default_rng(2)
+
+    def rows(n: int, latency: float) -> np.ndarray:
+        raw = rng.lognormal([np.log(latency), np.log(500), 0], [0.2, 0.2, 0], size=(n, 3))
+        raw[:, 2] = 0
+        return np.log1p(raw).astype(np.float32)
+
+    def feed(x: np.ndarray) -> int:
+        before = d.stats.models_installed
+        for i in range(0, len(x), 10):
+            d.install_completed()
+            d.score_and_learn("/s", x[i : i + 10])
+        d.install_completed()
+        return d.stats.models_installed - before
+
+    feed(rows(1000, 100.0))
+    # Stable: 4,000 rows would be 80 refits at refit_every; spacing doubles up to 4 windows.
+    stable = feed(rows(4000, 100.0))
+    assert stable <= 8, stable
+    state = d.route_state("/s")
+    assert state is not None and state.refit_backoff >= 3
+    # Latency doubles (not flagged, but a tail full of it): refits come back at once.
+    moved = feed(rows(300, 200.0))
+    assert moved >= 3, moved
