@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sentinel_stream.detect.detector import Detector
@@ -97,19 +99,23 @@ def test_a_failed_fit_is_reported_and_the_route_asks_again_later() -> None:
     assert d.stats.fits_requested_first == 1
 
 
+def inline_detector(**params: Any) -> Detector:
+    """Telemetry's rules, latency and input size as model features, fits inline, a refit
+    due every 50 admitted rows with no minimum interval."""
+    base: dict[str, Any] = {
+        "refit_every": 50,
+        "refit_min_interval_s": 0.0,
+        "model_features": (0, 1),
+        "seed": 1,
+    }
+    return Detector(DetectorParams(**(base | params)), telemetry_rules(20, 5), InlineRefitter())
+
+
 def test_a_model_dropped_by_the_cap_is_refit_on_the_refit_cadence() -> None:
     # Two routes, room for one model. A route whose model was dropped used to ask for a
     # first fit at once, on every batch: each batch installed one model and dropped the
     # other. Now it asks as a refit, after refit_every admitted rows.
-    params = DetectorParams(
-        min_history=20,
-        refit_every=50,
-        refit_min_interval_s=0.0,
-        max_models=1,
-        model_features=(0, 1),
-        seed=1,
-    )
-    d = Detector(params, telemetry_rules(20, 5), InlineRefitter())
+    d = inline_detector(min_history=20, max_models=1)
     raw = np.random.default_rng(1).lognormal(3, 0.2, size=(400, 3))
     raw[:, 2] = 0
     rows = np.log1p(raw).astype(np.float32)
@@ -124,15 +130,7 @@ def test_a_model_dropped_by_the_cap_is_refit_on_the_refit_cadence() -> None:
 
 
 def test_refits_of_a_route_whose_traffic_stays_put_back_off_and_come_back_when_it_moves() -> None:
-    params = DetectorParams(
-        history_max=200,
-        min_history=50,
-        refit_every=50,
-        refit_min_interval_s=0.0,
-        model_features=(0, 1),
-        seed=1,
-    )
-    d = Detector(params, telemetry_rules(20, 5), InlineRefitter())
+    d = inline_detector(history_max=200, min_history=50)
     rng = np.random.default_rng(2)
 
     def rows(n: int, latency: float) -> np.ndarray:
