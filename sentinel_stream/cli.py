@@ -154,6 +154,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from sentinel_stream.tools import evaluate as ev
 
     overrides: dict[str, Any] = {"refit_workers": 0, "seed": args.seed}
@@ -167,19 +169,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("sentinel-stream evaluate: the labels need both classes", file=sys.stderr)
         return 2
     progress = None if args.json else ev.terminal_progress("sentinel-stream")
-    scores, flags, seconds = ev.score_stream(data, settings, progress)
-    rows = [ev.report("sentinel-stream", data.y, scores, flags, seconds, note="streaming")]
+    # Everything streams in the arrival order; --scores are written in the file's order.
+    order = ev.arrival_order(data, args.order, args.seed or 0)
+    stream = ev.reordered(data, order)
+    scores, flags, seconds = ev.score_stream(stream, settings, progress)
+    note = "streaming" if args.order == "file" else f"streaming, {args.order} order"
+    rows = [ev.report("sentinel-stream", stream.y, scores, flags, seconds, note=note)]
     if args.scores:
-        Path(args.scores).write_text("".join(f"{s:.17g}\n" for s in scores), encoding="utf-8")
+        in_file_order = np.empty_like(scores)
+        in_file_order[order] = scores
+        Path(args.scores).write_text(
+            "".join(f"{s:.17g}\n" for s in in_file_order), encoding="utf-8"
+        )
     if args.baselines:
-        x = ev.baseline_features(data)
-        rows.append(ev.baseline_batch(x, data.y, args.seed or 0)[0])
-        rows.append(ev.baseline_hst(x, data.y, args.hst_rows)[0])
-        rows.append(ev.baseline_v1(x, data.y, args.v1_rows)[0])
+        x = ev.baseline_features(stream)
+        rows.append(ev.baseline_batch(x, stream.y, args.seed or 0)[0])
+        rows.append(ev.baseline_hst(x, stream.y, args.hst_rows)[0])
+        if args.v1_rows > 0:
+            rows.append(ev.baseline_v1(x, stream.y, args.v1_rows)[0])
     if args.json:
-        print(json.dumps({"file": str(args.file), "results": rows}))
+        print(json.dumps({"file": str(args.file), "order": args.order, "results": rows}))
     else:
-        print(f"{args.file}: {len(data.y):,} rows, {int(data.y.sum()):,} anomalies")
+        print(
+            f"{args.file}: {len(data.y):,} rows, {int(data.y.sum()):,} anomalies, "
+            f"{args.order} order"
+        )
         print(ev.format_table(rows))
     return 0
 
@@ -258,7 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label", help="the CSV's label column (default: label, y, ...)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--scores", help="write each row's score, one per line, in order")
-    evaluate.add_argument("--seed", type=int, default=1)
+    evaluate.add_argument(
+        "--seed", type=int, default=1, help="seeds the fits and the shuffled order"
+    )
+    evaluate.add_argument(
+        "--order",
+        choices=("file", "shuffled", "anomalies-first"),
+        default="file",
+        help="arrival order: the file's (default), shuffled by --seed, or the labelled "
+        "anomalies first (a route that begins in trouble)",
+    )
     evaluate.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,

@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 from sklearn.ensemble import IsolationForest
+from sklearn.tree import ExtraTreeRegressor
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -156,16 +157,22 @@ def _path_lengths(
     v = np.empty(x.shape[1], dtype=np.float32)
     for i in range(x.shape[0]):
         model_row(x, i, cols, floor, v)
-        total = 0.0
         oob = 0.0
         used = 0
+        if out_of_bag_only:  # the trees that sampled the row are not walked at all
+            for t in range(n_trees):
+                if not in_bag[t, i]:
+                    oob += tree_path_length(
+                        v, t, feature, threshold, low, high, leaf_code, table, depth
+                    )
+                    used += 1
+        if used > 0:
+            out[i] = oob * n_trees / used
+            continue
+        total = 0.0
         for t in range(n_trees):
-            length = tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
-            total += length
-            if out_of_bag_only and not in_bag[t, i]:
-                oob += length
-                used += 1
-        out[i] = oob * n_trees / used if used > 0 else total
+            total += tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
+        out[i] = total
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -260,26 +267,24 @@ class CompiledForest:
         high = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
         leaf_code = np.zeros((n_trees, 1 << depth), dtype=np.uint16)
         data = None if x is None else np.asarray(x, dtype=np.float32)
-        width = _N_MAX + 1
-        for t, est in enumerate(model.estimators_):
-            tree = est.tree_
-            left, right = tree.children_left, tree.children_right
-            feats, thrs, nsamples = tree.feature, tree.threshold, tree.n_node_samples
-            # Walk the real tree, mapping each node to its heap slot.
-            stack: list[tuple[int, int, int]] = [(0, 0, 1)]  # (node, slot, sklearn depth)
-            while stack:
-                node, slot, d = stack.pop()
-                if left[node] == -1:  # a leaf: fill its bottom slots
-                    code = d * width + int(nsamples[node])
-                    level = d - 1
-                    span = 1 << (depth - level)
-                    first = (slot - ((1 << level) - 1)) * span
-                    leaf_code[t, first : first + span] = code
-                    continue
-                feature[t, slot] = feats[node]
-                threshold[t, slot] = _round_down_f32(float(thrs[node]))
-                stack.append((int(left[node]), 2 * slot + 1, d + 1))
-                stack.append((int(right[node]), 2 * slot + 2, d + 1))
+        trees = [est.tree_ for est in model.estimators_]
+        sizes = np.array([t.node_count for t in trees], dtype=np.intp)
+        offsets = np.zeros(n_trees + 1, dtype=np.intp)
+        np.cumsum(sizes, out=offsets[1:])
+        # Every tree's node arrays end to end, laid out by one compiled walk.
+        _lay_out(
+            offsets,
+            np.concatenate([t.children_left for t in trees]).astype(np.intp),
+            np.concatenate([t.children_right for t in trees]).astype(np.intp),
+            np.concatenate([t.feature for t in trees]).astype(np.int8),
+            _round_down_f32(np.concatenate([t.threshold for t in trees])),
+            np.concatenate([t.n_node_samples for t in trees]).astype(np.intp),
+            depth,
+            _N_MAX + 1,
+            feature,
+            threshold,
+            leaf_code,
+        )
         if data is not None:
             is_split = np.isfinite(threshold)
             low[is_split], high[is_split] = np.inf, -np.inf
@@ -324,8 +329,41 @@ def _fill_ranges(
                     node = 2 * node + 1
 
 
+class _RecordingTree(ExtraTreeRegressor):  # type: ignore[misc]
+    """scikit-learn's isolation tree, unchanged, that also keeps the rows it was fit on.
+
+    IsolationForest hands each tree its sample as weights over every row (0 for rows not
+    drawn). sklearn's own ``estimators_samples_`` draws the samples again from the
+    seeds, a random generator per tree, about a tenth of a fit's time; the weights the
+    tree was given say the same for free (``tests/unit/test_forest.py`` proves the two
+    equal).
+    """
+
+    def fit(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        sample_weight: npt.ArrayLike | None = None,
+        check_input: bool = True,
+    ) -> _RecordingTree:
+        self.sample_rows_ = None if sample_weight is None else np.flatnonzero(sample_weight)
+        super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
+        return self
+
+
+class _IsolationForest(IsolationForest):  # type: ignore[misc]
+    """sklearn's IsolationForest with :class:`_RecordingTree` trees (same trees, same
+    scores)."""
+
+    def _get_estimator(self) -> ExtraTreeRegressor:
+        return _RecordingTree(**super()._get_estimator().get_params())
+
+
 def in_bag_rows(model: IsolationForest) -> npt.NDArray[np.intp]:
     """(trees, max_samples): the rows each tree was fit on."""
+    rows = [getattr(est, "sample_rows_", None) for est in model.estimators_]
+    if all(r is not None and len(r) == model._max_samples for r in rows):
+        return np.stack(rows).astype(np.intp, copy=False)  # type: ignore[arg-type]
     return np.asarray(model.estimators_samples_, dtype=np.intp)
 
 
@@ -346,12 +384,56 @@ def out_of_bag_scores(
     return forest.scores_of(forest.path_lengths(x32, in_bag))
 
 
-def _round_down_f32(value: float) -> np.float32:
-    """The largest float32 not above ``value``."""
-    f = np.float32(value)
-    if float(f) > value:
-        f = np.nextafter(f, np.float32(-np.inf))
+def _round_down_f32(values: F64) -> F32:
+    """Each value as the largest float32 not above it."""
+    f = values.astype(np.float32)
+    above = f.astype(np.float64) > values
+    f[above] = np.nextafter(f[above], np.float32(-np.inf))
     return f
+
+
+@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
+def _lay_out(
+    offsets: npt.NDArray[np.intp],
+    left: npt.NDArray[np.intp],
+    right: npt.NDArray[np.intp],
+    feats: npt.NDArray[np.int8],
+    thrs: F32,
+    nsamples: npt.NDArray[np.intp],
+    depth: int,
+    width: int,
+    feature: npt.NDArray[np.int8],
+    threshold: F32,
+    leaf_code: npt.NDArray[np.uint16],
+) -> None:  # pragma: no cover - compiled
+    """Map each sklearn tree (node arrays concatenated, tree ``t`` at ``offsets[t]``)
+    onto its complete binary layout: splits in heap slots, each leaf's path-length code
+    in the bottom slots under it."""
+    stack = np.empty((2 * depth + 2, 3), dtype=np.intp)  # (node, slot, sklearn depth)
+    for t in range(offsets.shape[0] - 1):
+        base = offsets[t]
+        stack[0, 0], stack[0, 1], stack[0, 2] = 0, 0, 1
+        top = 1
+        while top > 0:
+            top -= 1
+            node, slot, d = stack[top, 0], stack[top, 1], stack[top, 2]
+            if left[base + node] == -1:  # a leaf: fill its bottom slots
+                code = d * width + nsamples[base + node]
+                level = d - 1
+                span = 1 << (depth - level)
+                first = (slot - ((1 << level) - 1)) * span
+                for j in range(first, first + span):
+                    leaf_code[t, j] = code
+                continue
+            feature[t, slot] = feats[base + node]
+            threshold[t, slot] = thrs[base + node]
+            stack[top, 0], stack[top, 1], stack[top, 2] = left[base + node], 2 * slot + 1, d + 1
+            stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2] = (
+                right[base + node],
+                2 * slot + 2,
+                d + 1,
+            )
+            top += 2
 
 
 def fit_forest(
@@ -377,7 +459,7 @@ def fit_scored(
 ) -> tuple[CompiledForest, IsolationForest, F64 | None]:
     """:func:`fit_forest`, and the training rows' out-of-bag scores (with ``oob``)."""
     data = np.asarray(x, dtype=np.float32)
-    model = IsolationForest(
+    model = _IsolationForest(
         n_estimators=n_estimators,
         max_samples=min(max_samples, len(data)),
         contamination="auto",

@@ -54,7 +54,7 @@ def onto_threshold(scores: F64, source: float, target: float) -> F64:
 def _score_route(
     x: npt.NDArray[np.float32],
     reference: F64,
-    log_factor: F64,
+    scale: F64,
     cols: npt.NDArray[np.intp],
     floor: npt.NDArray[np.float32],
     feature: npt.NDArray[np.int8],
@@ -77,7 +77,7 @@ def _score_route(
         worst = -np.inf
         excess = 0.0
         for f in range(x.shape[1]):
-            d = (np.float64(x[i, f]) - reference[f]) / log_factor[f]
+            d = (np.float64(x[i, f]) - reference[f]) / scale[f]
             deviations[i, f] = d
             worst = max(worst, d)
             excess += max(d, 0.0)
@@ -102,7 +102,7 @@ def _score_route(
 def score_route(
     rows: npt.NDArray[np.float32],
     reference: F64,
-    log_factor: F64,
+    scale: F64,
     forest: CompiledForest | None,
     cols: npt.NDArray[np.intp],
     model_threshold: float,
@@ -110,7 +110,8 @@ def score_route(
     sum_excess: bool = False,
 ) -> tuple[F64, F64]:
     """(scores, rule deviations) of ``rows``: the rules alone without a forest, else
-    ``max(forest score, rule score mapped onto the forest's threshold)``."""
+    ``max(forest score, rule score mapped onto the forest's threshold)``. ``reference``
+    and ``scale`` are the route's rule reference and unit of deviation per feature."""
     n = rows.shape[0]
     scores = np.empty(n)
     deviations = np.empty((n, rows.shape[1]))
@@ -118,7 +119,7 @@ def score_route(
     _score_route(
         rows,
         reference,
-        log_factor,
+        scale,
         cols,
         f.floor,
         f.feature,

@@ -9,7 +9,7 @@ settings' attributes (:class:`DetectorSettings`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sentinel_stream.detect.features import FEATURES, INPUT_LENGTH, LATENCY
@@ -67,8 +67,13 @@ class DetectorParams:
     max_routes: int = 10_000
     max_models: int = 5_000
     drift_events: int | None = None
-    """Events of mostly-flagged traffic before a shift is learnt; default: 5 x history_max
-    (a burst of attacks as long as a window must not be learnt as normal)."""
+    """Most events of mostly-flagged traffic before a shift is learnt; default: 5 x
+    history_max (a burst of attacks as long as a window must not be learnt as normal by a
+    route that has learnt more than that)."""
+    drift_min: int = 32
+    """Fewest: a route's patience with traffic it flags is five times the rows it has
+    learnt, between ``drift_min`` and ``drift_events`` (see
+    :mod:`sentinel_stream.detect.detector`, point 3)."""
     long_memory: int | None = None
     """Size of the uniform sample of all history kept beside the window; default:
     history_max; 0 turns it off."""
@@ -113,6 +118,29 @@ class DetectorParams:
             one_sided=(LATENCY, INPUT_LENGTH),
         )
 
+    @classmethod
+    def for_unknown_features(cls, n_features: int, s: DetectorSettings) -> DetectorParams:
+        """Parameters for rows whose columns mean nothing known (a labelled data set's).
+
+        Every column is a model feature and two-sided: nothing says a low value is
+        harmless. No score floor: the floor is a bound for telemetry routes in their
+        log space; on other data the out-of-bag tail threshold alone holds
+        ``contamination`` (in 3 to 64 dimensions a fixed floor lies above the threshold,
+        and flags nothing). Refits have no minimum interval (evaluation is offline).
+        """
+        return replace(
+            cls.from_settings(s),
+            n_features=n_features,
+            model_features=None,
+            one_sided=(),
+            score_floor=GENERIC_SCORE_FLOOR,
+            refit_min_interval_s=0.0,
+        )
+
+
+GENERIC_SCORE_FLOOR = 0.5
+"""The least threshold for features of unknown meaning: a score of 0.5 is a row exactly as
+isolated as the average row, never an anomaly."""
 
 DEFAULTS = DetectorParams()
 """The defaults, for the settings to take theirs from."""

@@ -5,9 +5,13 @@ it), and with thousands of routes the fits wanted can exceed what the machine ca
 So refit capacity is a fixed budget:
 ``SENTINEL_REFIT_WORKERS`` processes (default 1, one core beside the consumer's; a
 process, not a thread, so a fit never holds the consumer's GIL). Requests wait in two
-FIFO queues, first fits before refits, and a route has at most one request queued or
-running (the detector guarantees it), so under overload every route is refit in turn
-and the queue never holds more entries than there are routes. The window is copied when
+FIFO queues, first fits and refits, served in turn when both wait: a route without a
+model is scored by rules alone, so its first fit matters, but a flood of new routes must
+not starve the refits of the routes already served, so each queue gets every other free
+worker (``dispatched_first`` and ``dispatched_again`` count what each got). A route has
+at most one request queued or running (the detector guarantees it), so under overload
+every route is refit in turn and the queue never holds more entries than there are
+routes. The window is copied when
 a worker takes the request, not when it was made, so a fit always sees the freshest
 rows.
 
@@ -31,7 +35,7 @@ import numpy.typing as npt
 
 from sentinel_stream.detect.forest import CompiledForest, fit_scored
 from sentinel_stream.detect.kernels import warm_up_kernel
-from sentinel_stream.detect.threshold import tail_threshold
+from sentinel_stream.detect.threshold import TAIL, tail_threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,9 @@ class FitResult:
     trained_on: int
     seconds: float
     error: str | None = None
+    tail_score: float = 1.0
+    """The training rows' out-of-bag 90th percentile: new rows of the same traffic
+    exceed it one time in ten (what tells a route that its traffic moved)."""
 
 
 RequestFactory = Callable[[], FitRequest | None]
@@ -66,11 +73,17 @@ RequestFactory = Callable[[], FitRequest | None]
 def fit_route(request: FitRequest) -> FitResult:
     """Fit one route's model, its threshold and its baseline. Runs in a refit worker."""
     started = time.perf_counter()
+    # The threshold is read from out-of-bag scores, so no tree samples more than half of a
+    # young window: with 128 rows and 256-row trees every tree would sample every row,
+    # the threshold would come from in-bag scores, lower than new rows will score, and a
+    # young route would flag several times its contamination.
+    max_samples = max(min(request.max_samples, len(request.rows) // 2), 2)
     forest, _, train_scores = fit_scored(
-        request.rows, request.n_estimators, request.max_samples, request.seed, request.one_sided
+        request.rows, request.n_estimators, max_samples, request.seed, request.one_sided
     )
     assert train_scores is not None
     threshold = tail_threshold(train_scores, request.contamination)
+    tail_score = float(np.quantile(train_scores, 1.0 - TAIL))
     threshold = min(max(threshold, request.score_floor), 1.0)
     return FitResult(
         route=request.route,
@@ -79,6 +92,7 @@ def fit_route(request: FitRequest) -> FitResult:
         threshold=threshold,
         trained_on=len(request.rows),
         seconds=time.perf_counter() - started,
+        tail_score=tail_score,
     )
 
 
@@ -134,7 +148,7 @@ class InlineRefitter:
 
 
 class ProcessRefitter:
-    """Fits in worker processes, first fits before refits, at most ``workers`` at once."""
+    """Fits in worker processes, first fits and refits in turn, at most ``workers`` at once."""
 
     def __init__(self, workers: int) -> None:
         if workers < 1:
@@ -146,6 +160,9 @@ class ProcessRefitter:
         self._done: list[FitResult] = []
         self._pool = self._new_pool()
         self.failures = 0
+        self._first_turn = True
+        self.dispatched_first = 0
+        self.dispatched_again = 0
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent runs librdkafka threads, which fork does not copy.
@@ -161,7 +178,14 @@ class ProcessRefitter:
 
     def _dispatch(self) -> None:
         while len(self._inflight) < self._workers and (self._first or self._again):
-            route, make = (self._first or self._again).popleft()
+            take_first = bool(self._first) and (self._first_turn or not self._again)
+            self._first_turn = not take_first
+            if take_first:
+                route, make = self._first.popleft()
+                self.dispatched_first += 1
+            else:
+                route, make = self._again.popleft()
+                self.dispatched_again += 1
             request = make()
             if request is None:
                 continue

@@ -8,6 +8,23 @@ of ``error_burst`` errors is ``error_burst + 1`` times that). A route with too l
 history is compared with cold defaults, so that a fresh service still flags a 25 s
 request with 15 errors.
 
+Features of unknown meaning and scale (a labelled data set's columns) cannot be judged
+in log space: a fixed distance is nothing on a feature that spans hundreds and
+everything on one that spans a hundredth. Their rules (``relative`` specs) compare with
+the largest value the route has learnt, and measure the excess in a unit of the
+feature's own, the largest of:
+
+- three times its p10-p90 spread (:data:`GENERIC_FACTOR`);
+- ``log2(n_features / 3)`` times how far its largest value lies beyond its median: with
+  more features, more chances that some feature of an ordinary row exceeds what was
+  seen, so each feature's bar rises with their number (0 for three features, 3.6 for
+  36). On heavy tails (log-normal, Pareto) this is what keeps ordinary rows of dozens
+  of features from tripping a rule (``tests/unit/test_rules.py`` measures it on 36);
+- ``log(20)`` (:data:`GENERIC_LEAST_UNIT`): on a feature that barely varies (a duration
+  that is almost always 0) the spreads are nothing, and every other value would be
+  flagged, never learnt, and flagged again. On a log-scaled feature it is 20 times the
+  largest value.
+
 The score is ``max_f deviation_f / 2`` in units of each feature's factor, clipped to
 [0, 1]: exactly at the factor it is 0.5, the rules' threshold. With ``sum_excess``
 (telemetry's rules), the features' excesses over their references are summed instead:
@@ -41,6 +58,9 @@ class RuleSpec:
     reference: Literal["median", "p90", "p99", "max"]
     cold_typical: float
     """The reference used before a route has history, in the detector's space."""
+    relative: bool = False
+    """Measure the excess in units of the feature's span times ``factor`` (features of
+    unknown scale), not in ``log(factor)`` (see the module doc)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +76,12 @@ class RuleScorer:
     def __init__(self, specs: tuple[RuleSpec, ...], sum_excess: bool = False) -> None:
         self.specs = specs
         self.sum_excess = sum_excess
-        self.log_factor = np.array([math.log(s.factor) for s in specs])
+        self.log_factor = np.array([math.log(s.factor) if not s.relative else 1.0 for s in specs])
+        """Each feature's unit of deviation without history (and always, unless relative)."""
+        self._relative = np.array([s.relative for s in specs])
+        self._factor = np.array([s.factor for s in specs])
+        # Each feature's bar rises with the number of features (see the module doc).
+        self._span_factor = max(math.log2(len(specs) / 3.0), 0.0)
         self._cold = np.array([s.cold_typical for s in specs])
         self._use_p90 = np.array([s.reference == "p90" for s in specs])
         self._use_p99 = np.array([s.reference == "p99" for s in specs])
@@ -69,6 +94,16 @@ class RuleScorer:
         ref = np.where(self._use_p99, baseline.p99, ref)
         return np.where(self._use_max, baseline.top, ref)
 
+    def scale(self, baseline: Baseline | None) -> npt.NDArray[np.float64]:
+        """Each feature's unit of deviation for a route with this baseline."""
+        if baseline is None or baseline.count < RULE_MIN_HISTORY or not self._relative.any():
+            return self.log_factor
+        unit = np.maximum(
+            self._factor * baseline.spread, self._span_factor * (baseline.top - baseline.median)
+        )
+        unit = np.maximum(unit, GENERIC_LEAST_UNIT)
+        return np.where(self._relative, unit, self.log_factor)
+
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
         threshold: anomalous by the rules alone, whatever a model says."""
@@ -80,10 +115,15 @@ class RuleScorer:
         return fired
 
     def score(
-        self, rows: npt.NDArray[np.float32], reference: npt.NDArray[np.float64]
+        self,
+        rows: npt.NDArray[np.float32],
+        reference: npt.NDArray[np.float64],
+        scale: npt.NDArray[np.float64] | None = None,
     ) -> RuleResult:
-        """Score rows against ``reference`` (from :meth:`reference`, cached by the caller)."""
-        dev = (rows.astype(np.float64) - reference) / self.log_factor
+        """Score rows against ``reference`` and ``scale`` (from :meth:`reference` and
+        :meth:`scale`, cached by the caller; the scale defaults to ``log_factor``)."""
+        unit = self.log_factor if scale is None else scale
+        dev = (rows.astype(np.float64) - reference) / unit
         combined = np.maximum(dev, 0.0).sum(axis=1) if self.sum_excess else dev.max(axis=1)
         scores = np.clip(combined / 2.0, 0.0, 1.0)
         return RuleResult(scores=scores, deviations=dev)
@@ -98,4 +138,20 @@ def telemetry_rules(rule_factor: float, error_burst: int) -> RuleScorer:
             RuleSpec(error_burst + 1.0, "p90", 0.0),
         ),
         sum_excess=True,
+    )
+
+
+GENERIC_FACTOR = 3.0
+"""Spreads (p10 to p90) beyond the largest value learnt at which a rule for a feature of
+unknown meaning fires, at least (see the module doc)."""
+GENERIC_LEAST_UNIT = math.log(20.0)
+"""The least unit of a rule for a feature of unknown meaning (see the module doc)."""
+
+
+def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer:
+    """Rules for features of unknown meaning: flag a value far beyond the largest value
+    the route has learnt, in units of the feature's own spread (see the module doc);
+    nothing before any history."""
+    return RuleScorer(
+        tuple(RuleSpec(factor, "max", math.inf, relative=True) for _ in range(n_features))
     )

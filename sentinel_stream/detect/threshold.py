@@ -6,24 +6,35 @@ false-positive rate it gives on fresh rows swings widely from fit to fit
 (``tests/unit/test_threshold.py`` measures the spread). Extreme value theory gives a
 steadier estimate (the "peaks over threshold" method; Siffer et al., *Anomaly Detection
 in Streams with Extreme Value Theory*, KDD 2017): above a high quantile ``u``, the excesses of any
-well-behaved distribution follow a generalised Pareto law, so we fit that law (scipy's
-maximum likelihood) to the top ``tail`` share of scores and read the quantile from it.
-It uses a few hundred scores, not two.
+well-behaved distribution follow a generalised Pareto law, so we fit that law to the top
+``tail`` share of scores and read the quantile from it. It uses a few hundred scores, not
+two.
+
+The fit is maximum likelihood by Grimshaw's reduction (*Computing maximum likelihood
+estimates for the generalized Pareto distribution*, Technometrics 1993) to one
+parameter, ``theta = shape / scale``, whose profile likelihood is evaluated on a grid
+over its whole domain and then on a finer one around the best point: vectorised, about
+a millisecond, where scipy's general optimiser takes tens (the test checks that the two
+agree).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import genpareto
+
+F64 = npt.NDArray[np.float64]
 
 TAIL = 0.1
 """Share of the scores the tail law is fit to."""
 MIN_EXCESSES = 30
 """Below this many scores over ``u``, the fit is not trusted: the empirical quantile."""
+_GRID = np.concatenate(
+    (-(1.0 - np.geomspace(1e-6, 1.0, 160, endpoint=False)), np.geomspace(1e-5, 1e3, 160))
+)
+"""``theta * max(excess)`` over (-1, 1000]: the profile likelihood's domain."""
 
 
 def tail_threshold(scores: npt.ArrayLike, contamination: float, tail: float = TAIL) -> float:
@@ -36,12 +47,42 @@ def tail_threshold(scores: npt.ArrayLike, contamination: float, tail: float = TA
     excesses = s[s > u] - u
     if len(excesses) < MIN_EXCESSES or float(excesses.std()) == 0.0:
         return empirical
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            shape, _, scale = genpareto.fit(excesses, floc=0.0)
-        # P(score > u + y) = tail * P(excess > y): solve for contamination.
-        value = u + float(genpareto.isf(contamination / tail, shape, 0.0, scale))
-    except (ValueError, RuntimeError, FloatingPointError):
-        return empirical
-    return value if math.isfinite(value) else empirical
+    shape, scale = gpd_fit(excesses)
+    # P(score > u + y) = tail * P(excess > y): solve for contamination.
+    value = u + gpd_isf(contamination / tail, shape, scale)
+    return value if math.isfinite(value) and scale > 0 else empirical
+
+
+def _profile(theta: F64, y: F64) -> tuple[F64, F64]:
+    """(log-likelihood, shape) at each ``theta``, each maximised over the scale."""
+    shape: F64 = np.log1p(np.outer(theta, y)).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ll = -len(y) * (np.log(shape / theta) + shape + 1.0)
+    return np.where(np.isfinite(ll), ll, -np.inf), shape
+
+
+def gpd_fit(excesses: npt.ArrayLike) -> tuple[float, float]:
+    """(shape, scale) of the generalised Pareto law of positive ``excesses`` (location 0),
+    by maximum likelihood, in scipy's ``genpareto`` parameterisation."""
+    y = np.asarray(excesses, dtype=np.float64)
+    top = float(y.max())
+    mean = float(y.mean())
+    best_ll = -len(y) * (math.log(mean) + 1.0)  # the shape -> 0 limit: exponential
+    best = (0.0, mean)
+    theta = _GRID / top
+    for _ in range(2):
+        ll, shape = _profile(theta, y)
+        i = int(np.argmax(ll))
+        if ll[i] > best_ll:
+            best_ll, best = float(ll[i]), (float(shape[i]), float(shape[i] / theta[i]))
+        # Then a finer grid between the best point's neighbours.
+        fine = np.linspace(theta[max(i - 1, 0)], theta[min(i + 1, len(theta) - 1)], 41)
+        theta = fine[(fine != 0.0) & (fine * top > -1.0)]
+    return best
+
+
+def gpd_isf(p: float, shape: float, scale: float) -> float:
+    """The excess exceeded with probability ``p`` (scipy's ``genpareto.isf``)."""
+    if abs(shape) < 1e-9:
+        return -scale * math.log(p)
+    return float(scale / shape * (p ** (-shape) - 1.0))

@@ -13,7 +13,14 @@ Two kinds of input:
   own :class:`~sentinel_stream.engine.Engine`, route by route;
 - **any numeric features** (an ODDS ``.mat`` file with ``X`` and ``y``, or a CSV of
   numeric columns): the :class:`~sentinel_stream.detect.Detector` on one route with
-  the features as given, and warm-up rules that compare each feature with its median.
+  the features as given, every one two-sided, with the rules for features of unknown
+  meaning (:func:`~sentinel_stream.detect.rules.generic_rules`) and no score floor
+  (:meth:`~sentinel_stream.detect.params.DetectorParams.for_unknown_features`).
+
+Arrival order: the file's (the default), or ``shuffled`` with a seed (a set with no time
+order of its own, met in another order), or ``anomalies-first`` (the labelled anomalies,
+in file order, then the rest: a route that begins in trouble). Scores are reported, and
+written, in the file's row order whatever the arrival order.
 
 The report: ROC AUC and AUPRC (scikit-learn's), and precision, recall, F1 and false
 positive rate at the operating threshold (what the service would have flagged), and
@@ -23,11 +30,10 @@ rows per second.
 from __future__ import annotations
 
 import csv
-import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ from sentinel_stream.detect.detector import Detector
 from sentinel_stream.detect.features import FEATURES
 from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import InlineRefitter
-from sentinel_stream.detect.rules import RuleScorer, RuleSpec
+from sentinel_stream.detect.rules import generic_rules
 from sentinel_stream.engine import Engine, Event
 from sentinel_stream.records import EVENT_FIELDS
 
@@ -88,15 +94,25 @@ def load(path: Path, label: str | None = None) -> Dataset:
     return Dataset(x.reshape(len(rows), len(numeric)), y, numeric, routes)
 
 
-def generic_rules(n_features: int, factor: float) -> RuleScorer:
-    """Rules for features of unknown meaning (taken as log-scaled, as ODDS sets are):
-    ``log(factor)`` above the largest value the route's history holds (window and long
-    memory), so a value that is rare but known is left to the model; nothing before
-    any history."""
-    return RuleScorer(tuple(RuleSpec(factor, "max", math.inf) for _ in range(n_features)))
-
-
 Progress = Callable[[int, int], None]
+ORDERS = ("file", "shuffled", "anomalies-first")
+
+
+def arrival_order(data: Dataset, order: str, seed: int = 0) -> npt.NDArray[np.intp]:
+    """The row indices in the order they are streamed (see the module doc)."""
+    n = len(data.y)
+    if order == "file":
+        return np.arange(n)
+    if order == "shuffled":
+        return np.random.default_rng(seed).permutation(n)
+    if order == "anomalies-first":
+        return np.concatenate((np.flatnonzero(data.y != 0), np.flatnonzero(data.y == 0)))
+    raise ValueError(f"unknown order {order!r}: one of {', '.join(ORDERS)}")
+
+
+def reordered(data: Dataset, rows: npt.NDArray[np.intp]) -> Dataset:
+    routes = None if data.routes is None else [data.routes[i] for i in rows]
+    return Dataset(data.x[rows], data.y[rows], data.columns, routes)
 
 
 def score_stream(
@@ -134,14 +150,11 @@ def score_stream(
             if progress:
                 progress(min(i + len(block), n), n)
     else:
-        params = replace(
-            DetectorParams.from_settings(settings),
-            n_features=data.x.shape[1],
-            model_features=None,
-            refit_min_interval_s=0.0,
-        )
+        n_features = data.x.shape[1]
         detector = Detector(
-            params, generic_rules(data.x.shape[1], settings.rule_factor), InlineRefitter()
+            DetectorParams.for_unknown_features(n_features, settings),
+            generic_rules(n_features),
+            InlineRefitter(),
         )
         rows = data.x.astype(np.float32)
         for i in range(0, n, CHUNK):

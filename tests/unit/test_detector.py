@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
+import numpy as np
+import pytest
+
+from sentinel_stream.config import Settings
+from sentinel_stream.detect.detector import Detector
+from sentinel_stream.detect.features import to_rows
+from sentinel_stream.detect.params import DetectorParams
+from sentinel_stream.detect.refit import InlineRefitter
+from sentinel_stream.detect.rules import generic_rules
+from sentinel_stream.tools.synthetic import generate
 from tests.support.telemetry import engine, ev, normal, run
 
 
@@ -106,3 +116,129 @@ def test_long_memory_holds_only_rows_older_than_the_window() -> None:
     window = {tuple(r) for r in state.window.snapshot().tolist()}
     older = {tuple(r) for r in state.memory.snapshot().tolist()}
     assert len(older) == 100 and not (window & older)
+
+
+# -- what a young route may learn from; features of unknown meaning -----------------------
+
+
+def unknown_features_detector(n_features: int, **settings: object) -> Detector:
+    """The detector ``evaluate`` runs on a labelled set: every column two-sided, the
+    rules for features of unknown meaning, inline fits."""
+    s = Settings(refit_workers=0, seed=1, **settings)  # type: ignore[arg-type]
+    return Detector(
+        DetectorParams.for_unknown_features(n_features, s),
+        generic_rules(n_features),
+        InlineRefitter(),
+    )
+
+
+def stream(d: Detector, rows: np.ndarray, chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, flags) of ``rows`` streamed in chunks, fits installed between them."""
+    scores, flags = [], []
+    for i in range(0, len(rows), chunk):
+        d.install_completed()
+        s = d.score_and_learn("r", np.asarray(rows[i : i + chunk], dtype=np.float32))
+        scores.append(s.scores)
+        flags.append(s.flags)
+    return np.concatenate(scores), np.concatenate(flags)
+
+
+def synthetic_rows(kinds: tuple[str, ...], n_bad: int, n_good: int, seed: int) -> np.ndarray:
+    """One route of the synthetic generator: ``n_bad`` anomalies of ``kinds`` first, then
+    ``n_good`` normal events (the same route profile), as log-space rows."""
+    bad = [i.event for i in generate(n_bad, 1, anomaly_share=1.0, seed=seed, kinds=kinds)]
+    good = [i.event for i in generate(n_good, 1, anomaly_share=0.0, seed=seed)]
+    return to_rows([(e["latency"], e["input_length"], e["errors"]) for e in bad + good])
+
+
+@pytest.mark.parametrize("kinds", [("sustained_shift",), ("error_burst",), ("joint_shift",)])
+def test_a_route_that_begins_in_trouble_recovers_within_two_windows(
+    kinds: tuple[str, ...],
+) -> None:
+    # The first 100 events are anomalous and the first model (at 64 rows) is fit on
+    # nothing else, so it flags the normal traffic that follows. The route has learnt
+    # only 100 rows: it accepts the disagreement after a few hundred events and is refit
+    # at once, long before a mature route's five windows.
+    rows = synthetic_rows(kinds, 100, 3000, seed=1)
+    _, flags = stream(unknown_features_detector(3, min_history=64), rows)
+    normal = flags[100:]
+    assert normal[:1000].mean() < 0.5, normal[:1000].mean()
+    assert normal[500:1000].mean() < 0.01
+    assert normal[1000:2000].mean() < 0.01
+
+
+def test_without_the_young_routes_patience_the_first_model_never_lets_go() -> None:
+    # The held-out failure: with a mature route's patience (five windows) from the first
+    # event, a route that began with joint shifts flags every normal event that follows,
+    # and the mostly-flagged windows that would reset it never arrive.
+    rows = synthetic_rows(("joint_shift",), 100, 2100, seed=1)
+    s = Settings(refit_workers=0, seed=1, min_history=64)
+    params = replace(DetectorParams.for_unknown_features(3, s), drift_min=5000)
+    _, stubborn = stream(Detector(params, generic_rules(3), InlineRefitter()), rows)
+    assert stubborn[100:][1000:2000].mean() > 0.9
+    _, ours = stream(unknown_features_detector(3, min_history=64), rows)
+    assert ours[100:][1000:2000].mean() < 0.01
+
+
+def test_a_route_far_from_the_cold_defaults_stops_being_flagged_within_dozens() -> None:
+    # Cold rules expect ~500 ms; this route's normal is ~12 s (24x). Its first events are
+    # flagged; with nothing learnt, the patience is drift_min events, then it learns its
+    # own values and the rules compare with its median. (The rules used to keep every
+    # flagged event out, and such a route was flagged for ~3,500 events.)
+    rng = np.random.default_rng(1)
+    slow = [
+        ev("/slow", float(rng.lognormal(np.log(12000), 0.2)), int(rng.lognormal(6, 0.2)), 0, i)
+        for i in range(1500)
+    ]
+    out = run(engine(), slow, 5)
+    flagged = np.flatnonzero([v["is_anomaly"] for v in out])
+    assert flagged[0] == 0 and (flagged < 48).sum() >= 16
+    # After a few dozen events only the tail a model flags on any route remains.
+    assert (flagged >= 48).sum() <= 0.005 * (len(slow) - 48), flagged
+    spike = run(engine(), [*slow, ev("/slow", 12000.0 * 40, 400, 0)], 5)[-1]
+    assert spike["is_anomaly"]
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda rng, n: rng.lognormal(size=(n, 36)),
+        lambda rng, n: rng.pareto(3.0, size=(n, 36)),
+        lambda rng, n: rng.normal(size=(n, 36)),
+    ],
+    ids=["lognormal", "pareto", "normal"],
+)
+def test_the_threshold_holds_contamination_on_high_dimensional_normal_rows(draw: object) -> None:
+    rng = np.random.default_rng(3)
+    rows = draw(rng, 9000)  # type: ignore[operator]
+    d = unknown_features_detector(36)
+    _, flags = stream(d, rows, 64)
+    contamination = d.params.contamination
+    fpr = flags[1000:].mean()
+    assert fpr <= 2 * contamination, fpr
+    # The rules alone (a value far beyond anything learnt) do not fire on ordinary rows.
+    state = d.route_state("r")
+    assert state is not None and state.rule_reference is not None
+    assert state.rule_scale is not None
+    fresh = draw(rng, 20000).astype(np.float32)  # type: ignore[operator]
+    deviations = (fresh - state.rule_reference) / state.rule_scale
+    assert d.rules.fires(deviations).mean() <= contamination
+
+
+def test_rare_anomalies_are_flagged_and_explained() -> None:
+    # Three features, 6 anomalies in 20,000 rows (0.03 %): a value 5 standard deviations
+    # out on feature 1 only, rare enough that each arrives alone. What the model ranks
+    # highest is flagged, and the explanation names the feature.
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(20000, 3))
+    where = np.sort(rng.choice(np.arange(3000, 20000), 6, replace=False))
+    rows[where, 1] = rng.choice([-5.5, 5.5], 6)
+    d = unknown_features_detector(3)
+    _, flags = stream(d, rows, 64)
+    labels = np.zeros(len(rows), dtype=bool)
+    labels[where] = True
+    assert flags[labels].mean() > 0.5
+    assert flags[~labels][1000:].mean() <= 0.002
+    for i in where[flags[where]]:
+        weights = d.attribute("r", rows[i].astype(np.float32))
+        assert weights is not None and int(np.argmax(weights)) == 1

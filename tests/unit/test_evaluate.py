@@ -163,3 +163,50 @@ def test_every_kind_of_incident_is_caught_and_normal_traffic_left_alone() -> Non
     op = operating_point(y[mature], flags[mature])
     assert op.fpr <= 0.003, op
     assert op.f1 >= 0.9, op
+
+
+def test_evaluate_streams_in_a_shuffled_order_and_reports_in_file_order(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2500, 4))
+    y = np.zeros(2500)
+    y[-25:] = 1  # a block at the end
+    x[-25:, 2] += 6
+    savemat(tmp_path / "b.mat", {"X": x, "y": y.reshape(-1, 1)})
+    results = {}
+    for order in ("file", "shuffled", "anomalies-first"):
+        scores = tmp_path / f"{order}.txt"
+        out = run_cli(
+            "evaluate",
+            str(tmp_path / "b.mat"),
+            "--json",
+            "--order",
+            order,
+            "--seed",
+            "3",
+            "--scores",
+            str(scores),
+            "--hst-rows",
+            "500",
+            "--v1-rows",
+            "0",
+        )
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["order"] == order
+        ours = result["results"][0]
+        assert [r["detector"] for r in result["results"]] == [
+            "sentinel-stream",
+            "batch IsolationForest",
+            "River HalfSpaceTrees",
+        ]
+        s = np.array([float(v) for v in scores.read_text().split()])
+        # The scores file is in the file's row order whatever the arrival order.
+        assert roc_auc_score(y, s) == pytest.approx(ours["roc_auc"], abs=1e-4)
+        results[order] = s
+    assert not np.array_equal(results["file"], results["shuffled"])
+    # Anomalies first: nothing is known when they arrive, so they are not ranked high.
+    assert roc_auc_score(y, results["anomalies-first"]) < roc_auc_score(y, results["file"])
+    bad = run_cli("evaluate", str(tmp_path / "b.mat"), "--order", "sideways")
+    assert bad.returncode == 2 and "sideways" in bad.stderr

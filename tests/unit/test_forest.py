@@ -156,3 +156,16 @@ def test_compiled_forest_is_compact() -> None:
     import pickle
 
     assert forest.nbytes < len(pickle.dumps(model)) / 3
+
+
+@pytest.mark.parametrize(("n", "max_samples"), [(1000, 256), (100, 256), (3000, 64)])
+def test_recorded_samples_are_sklearns(n: int, max_samples: int) -> None:
+    x = np.random.default_rng(n).normal(size=(n, 3))
+    _, model = fit_forest(x, 30, max_samples, seed=7)
+    ours = in_bag_rows(model)
+    theirs = model.estimators_samples_
+    assert ours.shape == (30, min(n, max_samples))
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.sort(a), np.sort(b))
+    plain = IsolationForest(n_estimators=30, max_samples=min(n, max_samples), random_state=7)
+    np.testing.assert_array_equal(model.score_samples(x), plain.fit(x).score_samples(x))

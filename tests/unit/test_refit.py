@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from sentinel_stream.detect.detector import Detector
@@ -44,16 +46,21 @@ def _request(route: str, token: int, rows: int = 64, seed: int = 0) -> FitReques
     return FitRequest(route, token, np.log1p(data), 10, 32, 0.01, 0.5, seed)
 
 
-def test_first_fits_go_before_refits() -> None:
+def test_first_fits_and_refits_take_turns() -> None:
+    # A flood of new routes must not starve the refits of routes already served (nor the
+    # other way round): with both queues waiting, each gets every other worker.
     refitter = ProcessRefitter(1)
     try:
         refitter.submit("/busy", False, lambda: _request("/busy", 1))  # takes the worker
-        refitter.submit("/again", False, lambda: _request("/again", 1))
-        refitter.submit("/new", True, lambda: _request("/new", 1))
-        assert refitter.running == 1 and refitter.queued == 2
-        assert refitter.wait_idle(120)
+        for r in ("/again1", "/again2"):
+            refitter.submit(r, False, lambda r=r: _request(r, 1))  # type: ignore[misc]
+        for r in ("/new1", "/new2", "/new3"):
+            refitter.submit(r, True, lambda r=r: _request(r, 1))  # type: ignore[misc]
+        assert refitter.running == 1 and refitter.queued == 5
+        assert refitter.wait_idle(180)
         order = [r.route for r in refitter.collect()]
-        assert order == ["/busy", "/new", "/again"]
+        assert order == ["/busy", "/new1", "/again1", "/new2", "/again2", "/new3"]
+        assert (refitter.dispatched_first, refitter.dispatched_again) == (3, 3)
     finally:
         refitter.close()
 
@@ -64,17 +71,87 @@ def test_a_request_whose_route_is_gone_is_skipped() -> None:
     assert refitter.collect() == []
 
 
-def test_a_failed_fit_is_reported_and_the_route_asks_again() -> None:
-    # scikit-learn refuses a forest of no trees: every fit of this detector fails.
-    params = DetectorParams(min_history=20, refit_min_interval_s=0.0, n_estimators=0)
+def test_a_failed_fit_is_reported_and_the_route_asks_again_later() -> None:
+    # scikit-learn refuses a forest of no trees: every fit of this detector fails. The
+    # route asks again after refit_every admitted rows, not on every batch, and waits
+    # longer after each further failure.
+    params = DetectorParams(
+        min_history=20, refit_every=10, refit_min_interval_s=0.0, n_estimators=0
+    )
     refitter = InlineRefitter()
     d = Detector(params, telemetry_rules(20, 5), refitter)
-    raw = np.random.default_rng(0).lognormal(3, 0.2, size=(30, 3))
+    raw = np.random.default_rng(0).lognormal(3, 0.2, size=(400, 3))
     raw[:, 2] = 0  # no errors
     rows = np.log1p(raw).astype(np.float32)
-    d.score_and_learn("/bad", rows)
+    d.score_and_learn("/bad", rows[:30])
     assert d.install_completed() == 0 and d.stats.fits_discarded == 1 and refitter.failures == 1
     state = d.route_state("/bad")
     assert state is not None and not state.fit_pending and state.model is None
-    s = d.score_and_learn("/bad", rows[:5])  # still scored, by the rules
-    assert s.detector == "rules" and refitter.failures == 2
+    attempts = []
+    for i in range(30, 400, 5):
+        s = d.score_and_learn("/bad", rows[i : i + 5])  # still scored, by the rules
+        assert s.detector == "rules"
+        d.install_completed()
+        attempts.append(refitter.failures)
+    # 370 rows: retries after 10, 10, 20, 40, 80, 80, 80 ... admitted rows, not 74.
+    assert d.stats.fits_failed == refitter.failures
+    assert 6 <= refitter.failures <= 9, refitter.failures
+    assert d.stats.fits_requested_first == 1
+
+
+def inline_detector(**params: Any) -> Detector:
+    """Telemetry's rules, latency and input size as model features, fits inline, a refit
+    due every 50 admitted rows with no minimum interval."""
+    base: dict[str, Any] = {
+        "refit_every": 50,
+        "refit_min_interval_s": 0.0,
+        "model_features": (0, 1),
+        "seed": 1,
+    }
+    return Detector(DetectorParams(**(base | params)), telemetry_rules(20, 5), InlineRefitter())
+
+
+def test_a_model_dropped_by_the_cap_is_refit_on_the_refit_cadence() -> None:
+    # Two routes, room for one model. A route whose model was dropped used to ask for a
+    # first fit at once, on every batch: each batch installed one model and dropped the
+    # other. Now it asks as a refit, after refit_every admitted rows.
+    d = inline_detector(min_history=20, max_models=1)
+    raw = np.random.default_rng(1).lognormal(3, 0.2, size=(400, 3))
+    raw[:, 2] = 0
+    rows = np.log1p(raw).astype(np.float32)
+    for i in range(0, 400, 10):
+        for route in ("/a", "/b"):
+            d.install_completed()
+            d.score_and_learn(route, rows[i : i + 10])
+    assert d.stats.fits_requested_first == 2
+    # 380 rows after each first fit: at most 380 / 50 refits each, not one per batch.
+    assert d.stats.fits_requested_again <= 2 * (380 // 50)
+    assert d.stats.models_dropped >= 1 and d.models_trained == 1
+
+
+def test_refits_of_a_route_whose_traffic_stays_put_back_off_and_come_back_when_it_moves() -> None:
+    d = inline_detector(history_max=200, min_history=50)
+    rng = np.random.default_rng(2)
+
+    def rows(n: int, latency: float) -> np.ndarray:
+        raw = rng.lognormal([np.log(latency), np.log(500), 0], [0.2, 0.2, 0], size=(n, 3))
+        raw[:, 2] = 0
+        return np.log1p(raw).astype(np.float32)
+
+    def feed(x: np.ndarray) -> int:
+        before = d.stats.models_installed
+        for i in range(0, len(x), 10):
+            d.install_completed()
+            d.score_and_learn("/s", x[i : i + 10])
+        d.install_completed()
+        return d.stats.models_installed - before
+
+    feed(rows(1000, 100.0))
+    # Stable: 4,000 rows would be 80 refits at refit_every; spacing doubles up to 4 windows.
+    stable = feed(rows(4000, 100.0))
+    assert stable <= 8, stable
+    state = d.route_state("/s")
+    assert state is not None and state.refit_backoff >= 3
+    # Latency doubles (not flagged, but a tail full of it): refits come back at once.
+    moved = feed(rows(300, 200.0))
+    assert moved >= 3, moved

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentinel_stream.detect.rules import RuleScorer, telemetry_rules
+from sentinel_stream.detect.baseline import Baseline
+from sentinel_stream.detect.rules import RuleScorer, generic_rules, telemetry_rules
 from tests.support.telemetry import engine, ev, normal
 
 
@@ -44,3 +45,24 @@ def test_mild_rises_on_every_axis_add_up_to_an_anomaly() -> None:
     assert rules.score(one_axis, reference).scores[0] < 0.25
     # Judged one feature at a time, the same event is not anomalous.
     assert RuleScorer(rules.specs).score(joint, reference).scores[0] < 0.5
+
+
+def test_rules_for_unknown_features_leave_ordinary_rows_alone_and_flag_the_far() -> None:
+    # 36 heavy-tailed features: a row exceeds the largest learnt value on some feature
+    # far more often than the contamination, but not by three spans.
+    rng = np.random.default_rng(2)
+    rules = generic_rules(36)
+    baseline = Baseline.of(rng.lognormal(size=(2000, 36)).astype(np.float32))
+    reference, scale = rules.reference(baseline), rules.scale(baseline)
+    fresh = rng.lognormal(size=(50000, 36)).astype(np.float32)
+    beyond_max = (fresh > baseline.top).any(axis=1).mean()
+    fired = rules.fires(rules.score(fresh, reference, scale).deviations).mean()
+    assert beyond_max > 0.005 and fired < 0.0005, (beyond_max, fired)
+    far = fresh[:1].copy()
+    far[0, 7] = baseline.top[7] + 1.1 * scale[7]
+    assert scale[7] > 3 * (baseline.top[7] - baseline.median[7])  # far beyond the tail
+    result = rules.score(far, reference, scale)
+    assert rules.fires(result.deviations)[0] and int(np.argmax(result.deviations[0])) == 7
+    # With no history there is nothing to compare with: nothing is flagged.
+    cold = rules.score(far, rules.reference(None), rules.scale(None))
+    assert not rules.fires(cold.deviations)[0]

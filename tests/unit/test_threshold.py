@@ -4,9 +4,10 @@ distribution's, steadier than the plain empirical quantile, and falls back to it
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.stats import genpareto
 
-from sentinel_stream.detect.threshold import tail_threshold
+from sentinel_stream.detect.threshold import gpd_fit, gpd_isf, tail_threshold
 
 
 def bounded_scores(n: int, seed: int) -> np.ndarray:
@@ -30,3 +31,15 @@ def test_falls_back_to_the_empirical_quantile() -> None:
     assert tail_threshold(many, 0.2) == float(np.quantile(many, 0.8))
     flat = np.full(1000, 0.5)
     assert tail_threshold(flat, 0.001) == 0.5
+
+
+def test_the_fit_is_scipys_maximum_likelihood() -> None:
+    for shape in (-0.3, -0.1, 0.0, 0.1, 0.3):
+        y = genpareto.rvs(shape, scale=0.05, size=300, random_state=np.random.default_rng(1))
+        ours_shape, ours_scale = gpd_fit(y)
+        mle_shape, _, mle_scale = genpareto.fit(y, floc=0.0)
+        assert abs(ours_shape - mle_shape) < 0.01, shape
+        assert abs(ours_scale / mle_scale - 1) < 0.01, shape
+        assert gpd_isf(0.01, ours_shape, ours_scale) == pytest.approx(
+            genpareto.isf(0.01, ours_shape, 0.0, ours_scale), rel=1e-9
+        )
