@@ -326,6 +326,19 @@ class _DetectorCollector(Collector):
         yield CounterMetricFamily(
             "sentinel_events_learned", "events admitted to route windows", value=st.rows_admitted
         )
+        yield CounterMetricFamily(
+            "sentinel_refits_failed",
+            "fits that raised (the route asks again later)",
+            value=st.fits_failed,
+        )
+        requested = CounterMetricFamily(
+            "sentinel_fits_requested",
+            "fits requested, by kind: first (a route's first model) or again (refits)",
+            labels=["kind"],
+        )
+        requested.add_metric(["first"], st.fits_requested_first)
+        requested.add_metric(["again"], st.fits_requested_again)
+        yield requested
 
 
 _BREAKER = {"closed": 0, "half_open": 1, "open": 2}

@@ -116,6 +116,9 @@ def snapshot_route(detector: Detector, route: str) -> bytes | None:
         "flag_rate": float(state.flag_rate),
         "admitted_since_fit": state.admitted_since_fit,
         "admitted_since_baseline": state.admitted_since_baseline,
+        "tail_hits": state.tail_hits,
+        "scored_since_fit": state.scored_since_fit,
+        "refit_backoff": state.refit_backoff,
     }
     if state.baseline is not None:
         # Derived, but kept: recomputed now, it would differ from the one the route
@@ -131,6 +134,7 @@ def snapshot_route(detector: Detector, route: str) -> bytes | None:
                 "model.threshold": float(model.threshold),
                 "model.version": model.version,
                 "model.trained_on": model.trained_on,
+                "model.tail_score": float(model.tail_score),
                 **_dataclass_parts("forest", model.forest),
             }
         )
@@ -162,6 +166,10 @@ def restore_route(detector: Detector, route: str, data: bytes) -> RouteState:
         state.flag_rate = float(parts["flag_rate"])  # type: ignore[arg-type]
         state.admitted_since_fit = int(parts["admitted_since_fit"])  # type: ignore[arg-type]
         state.admitted_since_baseline = int(parts["admitted_since_baseline"])  # type: ignore[arg-type]
+        # Counters that pace refits (newer than the first snapshots: absent means 0).
+        state.tail_hits = int(parts.get("tail_hits", 0))  # type: ignore[arg-type]
+        state.scored_since_fit = int(parts.get("scored_since_fit", 0))  # type: ignore[arg-type]
+        state.refit_backoff = int(parts.get("refit_backoff", 0))  # type: ignore[arg-type]
         if "baseline.count" in parts:
             state.baseline = _dataclass_from("baseline", Baseline, parts)
         if "model.version" in parts:
@@ -171,6 +179,7 @@ def restore_route(detector: Detector, route: str, data: bytes) -> RouteState:
                 version=int(parts["model.version"]),  # type: ignore[arg-type]
                 trained_on=int(parts["model.trained_on"]),  # type: ignore[arg-type]
                 fitted_at=time.monotonic(),
+                tail_score=float(parts.get("model.tail_score", 1.0)),  # type: ignore[arg-type]
             )
             state.versions = max(state.versions, state.model.version)
     except (KeyError, TypeError, ValueError) as exc:
