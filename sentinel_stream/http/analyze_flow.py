@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from sentinel_stream.clock import now_iso
 from sentinel_stream.engine import Engine, Event
 from sentinel_stream.explain.llm import Explainer, ExplainRequest
+from sentinel_stream.http.coalesce import Coalescer
 from sentinel_stream.records import (
     EVENT_FIELDS,
     VerdictRecord,
@@ -132,6 +133,7 @@ class AnalyzeFlow:
         """Told how each request was answered: ``self``, ``owner`` or ``owner_failed``."""
         self.instance = instance
         self._session: aiohttp.ClientSession | None = None
+        self._coalescer = Coalescer(lambda events: engine.process(events, learn=False))
         self._id_prefix = f"http-{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
 
@@ -197,7 +199,7 @@ class AnalyzeFlow:
     async def _answer(self, ev: Event) -> dict[str, Any]:
         """This member's verdict. Never learnt here: with forwarding on, the Kafka loop
         learns the event once."""
-        verdict = self.engine.process([ev], learn=False)[0]
+        verdict = await self._coalescer.verdict(ev)
         if self.on_verdict is not None:
             self.on_verdict(verdict["is_anomaly"])
         answer = to_response(verdict)
