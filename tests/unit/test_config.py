@@ -186,3 +186,9 @@ def test_unreadable_or_malformed_properties_file_names_the_variable(
     monkeypatch.setenv("SENTINEL_KAFKA_PROPERTIES_FILE", str(bad))
     with pytest.raises(ConfigError, match=r"SENTINEL_KAFKA_PROPERTIES_FILE.*:2"):
         load_settings().kafka_common()
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    missing = [env_name(f) for f in Settings.model_fields if f"`{env_name(f)}`" not in readme]
+    assert missing == [], f"add these to the README's configuration table: {missing}"
