@@ -29,7 +29,7 @@ from sentinel_stream.metrics import Metrics
 from sentinel_stream.status import LoopStatus
 from sentinel_stream.stream.kafka.clients import make_admin
 from sentinel_stream.stream.kafka.topics import TopicLimits, ensure_topics, read_limits
-from sentinel_stream.stream.owners import RouteOwners, client_id
+from sentinel_stream.stream.owners import RouteOwners
 from sentinel_stream.stream.pipeline import Pipeline, PipelineError, describe_settings
 from sentinel_stream.stream.side_producer import SideProducer
 
@@ -79,7 +79,7 @@ class Service:
         self.metrics.watch_explainer(explainer)
         return explainer
 
-    def _make_pipeline(self, limits: TopicLimits, consumer_client_id: str) -> Pipeline:
+    def _make_pipeline(self, limits: TopicLimits) -> Pipeline:
         explainer = self.explainer
         return Pipeline(
             self.settings,
@@ -92,7 +92,6 @@ class Service:
             ),
             limits=limits,
             status=self.status,
-            client_id=consumer_client_id,
         )
 
     def _run_pipeline(self, pipeline: Pipeline) -> None:
@@ -121,7 +120,7 @@ class Service:
         if self.explainer is not None:
             await self.explainer.start()
         side, topic = self.side, s.input_topic
-        owners = RouteOwners(s, admin, s.instance_id)
+        owners: RouteOwners | None = None
         app = make_app(
             self.engine,
             self.status,
@@ -132,7 +131,7 @@ class Service:
             else None,
             self.explainer,
             s.llm_http_budget_s,
-            owner=owners.url_for,
+            owner=lambda route: owners.url_for(route) if owners is not None else None,
             owner_timeout_s=s.http_owner_timeout_s,
             instance=s.instance_id,
         )
@@ -141,9 +140,12 @@ class Service:
         site = web.TCPSite(runner, s.host, s.port)
         await site.start()
         url = advertised_url(s, runner.addresses)
-        # The HTTP address rides in the consumer's client.id: other members find the
-        # owner of a route's partition, and its address, in the group's description.
-        self.pipeline = pipeline = self._make_pipeline(limits, client_id(s.instance_id, url))
+        self.pipeline = pipeline = self._make_pipeline(limits)
+        # Advertise where this member answers and what it owns; learn the others'.
+        status = self.status
+        owners = RouteOwners(
+            s, s.instance_id, url, lambda: status.assigned, limits.input_partitions
+        )
         owners.start()
         log.info("service_started", http=url, **describe_settings(s))
         thread = threading.Thread(

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         min_length=1,
         description="compacted changelog of per-route state (as many partitions as the input)",
     )
+    members_topic: str = Field(
+        "telemetry.members",
+        min_length=1,
+        description="compacted topic where members advertise their HTTP address and "
+        "partitions (one partition)",
+    )
     state_interval_s: Annotated[
         float,
         Field(gt=0, description="a learning route's state is written at most this often"),

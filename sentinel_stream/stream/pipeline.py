@@ -95,7 +95,6 @@ class Pipeline:
         on_anomaly: Callable[[VerdictRecord], None] | None = None,
         limits: TopicLimits | None = None,
         status: LoopStatus | None = None,
-        client_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -113,10 +112,9 @@ class Pipeline:
                 extra={"error_cb": self._on_error},
             )
         )
-        extra: dict[str, Any] = {"stats_cb": self._on_stats, "error_cb": self._on_error}
-        if client_id is not None:
-            extra["client.id"] = client_id
-        self._consumer = Consumer(consumer_config(settings, **extra))
+        self._consumer = Consumer(
+            consumer_config(settings, stats_cb=self._on_stats, error_cb=self._on_error)
+        )
         kind = Transactional if settings.exactly_once else AtLeastOnce
         self.checkpoint: Checkpoint = kind(
             self._consumer,

@@ -82,10 +82,12 @@ def test_creates_topics_serves_health_ready_metrics_and_stops_on_sigterm(
 
     wait_for(lambda: ready(proc, port), START_TIMEOUT_S, "/ready to answer 200")
 
-    # The three missing topics were created, with the configured partition count.
+    # The missing topics were created, with the configured partition count (the members
+    # topic has one).
     topics = existing_topics(bootstrap)
-    for topic in names.values():
-        assert topics.get(topic) == PARTITIONS, (topic, topics.get(topic))
+    for variable, topic in names.items():
+        want = 1 if variable == "SENTINEL_MEMBERS_TOPIC" else PARTITIONS
+        assert topics.get(topic) == want, (topic, topics.get(topic))
 
     status, body = get_json(port, "/ready")
     assert status == 200 and body["status"] == "ready"

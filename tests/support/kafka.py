@@ -17,15 +17,16 @@ from sentinel_stream.stream.kafka.produce import produce_waiting
 def create_topics(
     bootstrap: str, names: Iterable[str], partitions: int = 3, replication: int = 1
 ) -> None:
-    """Create topics; one named ``*.state`` is compacted, as a state changelog must be."""
+    """Create topics; those named ``*.state`` or ``*.members`` are compacted, as the
+    service's must be (the members topic has one partition)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [
             NewTopic(
                 n,
-                partitions,
+                1 if n.endswith(".members") else partitions,
                 replication,
-                config={"cleanup.policy": "compact"} if n.endswith(".state") else {},
+                config={"cleanup.policy": "compact"} if n.endswith((".state", ".members")) else {},
             )
             for n in names
         ]

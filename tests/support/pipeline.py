@@ -22,6 +22,7 @@ def settings_for(bootstrap: str, prefix: str, **kw: object) -> Settings:
         output_topic=f"{prefix}.verdicts",
         dlq_topic=f"{prefix}.dlq",
         state_topic=f"{prefix}.state",
+        members_topic=f"{prefix}.members",
         refit_workers=0,
         commit_interval_ms=200,
         seed=1,

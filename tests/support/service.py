@@ -51,6 +51,7 @@ def topic_names(prefix: str) -> dict[str, str]:
         "SENTINEL_OUTPUT_TOPIC": f"{prefix}.verdicts",
         "SENTINEL_DLQ_TOPIC": f"{prefix}.dlq",
         "SENTINEL_STATE_TOPIC": f"{prefix}.state",
+        "SENTINEL_MEMBERS_TOPIC": f"{prefix}.members",
     }
 
 

@@ -52,6 +52,8 @@ class TopicLimits:
     """The input topic's ``max.message.bytes``: the largest record it can hold."""
     dlq_max_bytes: int | None
     """The DLQ topic's, when it could be read."""
+    input_partitions: int = 0
+    """The input topic's partition count (0: unknown)."""
 
     @property
     def producer_max_bytes(self) -> int:
@@ -61,7 +63,13 @@ class TopicLimits:
 
 
 def required_topics(settings: Settings) -> list[str]:
-    return [settings.input_topic, settings.output_topic, settings.dlq_topic, settings.state_topic]
+    return [
+        settings.input_topic,
+        settings.output_topic,
+        settings.dlq_topic,
+        settings.state_topic,
+        settings.members_topic,
+    ]
 
 
 def _max_message_bytes(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, int]:
@@ -116,6 +124,9 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
             config["cleanup.policy"] = "compact"
             config["max.message.bytes"] = str(settings.state_max_bytes + HEADROOM)
             count = input_partitions
+        if t == settings.members_topic:
+            config["cleanup.policy"] = "compact"
+            count = 1
         new.append(NewTopic(t, count, settings.topic_replication, config=config))
     futures = admin.create_topics(new, operation_timeout=timeout)
     created = []
@@ -158,8 +169,13 @@ def read_limits(admin: AdminClient, settings: Settings, timeout: float = 15.0) -
     """The input and DLQ topics' size limits; warns when the DLQ cannot hold every
     record the input topic can."""
     limits = _max_message_bytes(admin, [settings.input_topic, settings.dlq_topic], timeout)
+    topic = admin.list_topics(settings.input_topic, timeout=timeout).topics.get(
+        settings.input_topic
+    )
     found = TopicLimits(
-        limits.get(settings.input_topic, BROKER_DEFAULT_LIMIT), limits.get(settings.dlq_topic)
+        limits.get(settings.input_topic, BROKER_DEFAULT_LIMIT),
+        limits.get(settings.dlq_topic),
+        len(topic.partitions) if topic is not None and topic.error is None else 0,
     )
     if found.dlq_max_bytes is not None and found.dlq_max_bytes < found.input_max_bytes + HEADROOM:
         log.warning(
