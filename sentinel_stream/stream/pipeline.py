@@ -70,10 +70,12 @@ from sentinel_stream.stream.state import StateStore
 
 log = structlog.get_logger("sentinel_stream.stream")
 
-COMMIT_FLUSH_S = 5.0
-"""How long one commit waits for acknowledgements before it is deferred."""
-REVOKE_COMMIT_S = 10.0
-"""How long a rebalance waits for the commit of the partitions it takes away."""
+COMMIT_FLUSH_S = 2.0
+"""How long one commit waits for acknowledgements before it is deferred: short, because
+the loop does not poll meanwhile (a deferred commit is retried, with backoff)."""
+REVOKE_COMMIT_S = 5.0
+"""How long a rebalance waits for the commit of the partitions it takes away (the
+rebalance waits too; past it, the new owner starts from the last commit)."""
 STATE_WRITE_EVERY_S = 0.2
 """How often the loop looks for route state due to be written."""
 RESUME_FRACTION = 0.25
