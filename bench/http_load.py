@@ -195,6 +195,7 @@ def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) ->
         "SENTINEL_OUTPUT_TOPIC": f"{prefix}.out",
         "SENTINEL_DLQ_TOPIC": f"{prefix}.dlq",
         "SENTINEL_STATE_TOPIC": f"{prefix}.state",
+        "SENTINEL_MEMBERS_TOPIC": f"{prefix}.members",
         "SENTINEL_INSTANCE_ID": prefix,
         "SENTINEL_CREATE_TOPICS": "true",
         "SENTINEL_PORT": str(port),

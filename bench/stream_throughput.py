@@ -202,12 +202,15 @@ def run_case(
         output_topic=f"{prefix}.out",
         dlq_topic=f"{prefix}.dlq",
         state_topic=f"{prefix}.state",
+        members_topic=f"{prefix}.members",
         refit_workers=1,
         instance_id=f"{prefix}-member",
         **settings,
     )
     create_topics(
-        bootstrap, [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic], s.output_topic
+        bootstrap,
+        [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic, s.members_topic],
+        s.output_topic,
     )
     preload(bootstrap, s.input_topic, events)
     runner = make(s)

@@ -153,6 +153,7 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(
         "SENTINEL_OUTPUT_TOPIC": s.output_topic,
         "SENTINEL_DLQ_TOPIC": s.dlq_topic,
         "SENTINEL_STATE_TOPIC": s.state_topic,
+        "SENTINEL_MEMBERS_TOPIC": s.members_topic,
         "SENTINEL_PORT": "0",
         "SENTINEL_BATCH_MAX": "200",
         "SENTINEL_REFIT_WORKERS": "1",

@@ -73,6 +73,7 @@ def _topics_with_limit(bootstrap: str, s: Settings, input_max: int, dlq_max: int
         NewTopic(s.input_topic, 1, 1, config={"max.message.bytes": str(input_max)}),
         NewTopic(s.output_topic, 1, 1),
         NewTopic(s.state_topic, 1, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(s.members_topic, 1, 1, config={"cleanup.policy": "compact"}),
     ]
     if dlq_max is not None:
         new.append(NewTopic(s.dlq_topic, 1, 1, config={"max.message.bytes": str(dlq_max)}))

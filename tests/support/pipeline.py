@@ -59,7 +59,7 @@ class Running:
 
 
 def service_topics(s: Settings) -> list[str]:
-    return [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic]
+    return [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic, s.members_topic]
 
 
 def values(msgs: list[Message]) -> list[dict[str, object]]:
