@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _plt() -> Any:
     import matplotlib
@@ -77,11 +79,18 @@ def scaling(res: dict[str, Any], out: Path) -> str | None:
         x = [p[field] for p in pts]
         a.plot(x, [p["events_per_s"] for p in pts], "o-", color="#2a7", label="events/s")
         a.set_xscale("log")
+        a.set_xticks(x, [f"{v:,}" for v in x])
+        a.tick_params(axis="x", which="minor", labelbottom=False)
         a.set_xlabel(label)
         a.set_ylabel("events/s", color="#2a7")
+        a.set_ylim(bottom=0)
         b = a.twinx()
-        b.plot(x, [p["rss_end_mib"] for p in pts], "s--", color="#c44", label="RSS MiB")
-        b.set_ylabel("RSS MiB (with the refit worker)", color="#c44")
+        # The loop's process: where routes live (the refit worker's memory is the same
+        # whatever the routes, and there only once a fit has run).
+        main = [p.get("rss_end_main_mib", p["rss_end_mib"]) for p in pts]
+        b.plot(x, main, "s--", color="#c44", label="RSS MiB")
+        b.set_ylabel("RSS MiB (the loop's process)", color="#c44")
+        b.set_ylim(bottom=0)
         a.set_title(f"events/s and RSS against {label.split(' ')[0]}")
     fig.tight_layout()
     fig.savefig(out / "scaling.png", dpi=110)
@@ -90,15 +99,21 @@ def scaling(res: dict[str, Any], out: Path) -> str | None:
 
 
 def profile(res: dict[str, Any], out: Path) -> str | None:
-    stages = res.get("stages")
-    if not stages:
+    if "cpu" not in res:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    names = [s["stage"] for s in stages][::-1]
-    ax.barh(names, [100 * s["share"] for s in stages][::-1], color="#2a7")
-    ax.set_xlabel("% of the Kafka loop's CPU samples")
+    names = list(
+        dict.fromkeys(s["stage"] for kind in ("wall", "cpu") for s in res[kind]["stages"])
+    )[::-1]
+    share = {k: {s["stage"]: 100 * s["share"] for s in res[k]["stages"]} for k in ("wall", "cpu")}
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.barh(y + 0.2, [share["wall"].get(n, 0) for n in names], 0.4, label="waits included")
+    ax.barh(y - 0.2, [share["cpu"].get(n, 0) for n in names], 0.4, label="on the CPU")
+    ax.set_yticks(y, names)
+    ax.set_xlabel("% of the Kafka loop thread's samples")
     ax.set_title("where the Kafka loop's time goes (py-spy)")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out / "profile.png", dpi=110)
     plt.close(fig)

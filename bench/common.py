@@ -199,8 +199,8 @@ def read_stamps(
                 if m.error() is not None:
                     continue
                 seen += 1
-                ident = orjson.loads(m.value())[key]
-                if ident.startswith(prefix):
+                ident = orjson.loads(m.value() or b"{}").get(key)
+                if isinstance(ident, str) and ident.startswith(prefix):
                     out[ident] = m.timestamp()[1]
     finally:
         c.close()

@@ -272,7 +272,7 @@ def run_owner(bootstrap: str, seconds: float, connections: int, tmp: Path) -> li
                 seen = {post(ports[m], body(0, routes[0])).get("answered_by") for m in "ab"}
                 if len(seen) != 1 or None in seen:
                     return False
-                owner_of[p] = seen.pop()
+                owner_of[p] = str(seen.pop())
             return set(owner_of.values()) == {"a", "b"}
 
         if not wait_until(owners_known, 60, 0.5):

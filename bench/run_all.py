@@ -1,7 +1,7 @@
 """Every benchmark in one command, written up as a report with charts.
 
-    python bench/run_all.py --quick    # a smoke run of every section: ~10 minutes
-    python bench/run_all.py            # the full run: ~1 hour on 2 cores
+    python bench/run_all.py --quick    # a smoke run of every section: ~5 minutes
+    python bench/run_all.py            # the full run: ~30 minutes on 2 cores
 
 Each figure is printed next to its baseline from the same run (these machines are
 noisy: compare ratios). The full run writes ``bench/results/``: ``report.md``,
@@ -27,7 +27,7 @@ each a script that also runs alone:
   [--quick]``; a ``markdown`` field in its JSON goes into the report as is).
 
 ``--only stream,http`` re-runs some sections and keeps the others' results from the last
-run's ``results.json`` in the same directory.
+run's ``results.json`` in the same directory; ``--render`` only writes the report again.
 """
 
 from __future__ import annotations
@@ -298,6 +298,17 @@ def memory(sz: dict[str, Any], quick: bool) -> Any:
 # -- the run -------------------------------------------------------------------------------
 
 
+def publish(res: dict[str, Any], out: Path, readme: bool) -> str:
+    """Charts, report.md and (from a full run into bench/results) the README's table."""
+    text = report.render(res, charts.draw(res, out))
+    (out / "report.md").write_text(text, encoding="utf-8")
+    if readme and out.resolve() == RESULTS.resolve():
+        rel = os.path.relpath(out / "report.md", ROOT)
+        if not report.update_readme(ROOT / "README.md", res, rel):
+            print("README.md has no benchmark table markers: left alone", file=sys.stderr)
+    return text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -312,6 +323,12 @@ def main() -> int:
         "scripts/chaos.sh)",
     )
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: write the report, charts and README table again from the "
+        "results.json in the output directory",
+    )
     ap.add_argument(
         "--set-quality-reference",
         action="store_true",
@@ -330,6 +347,10 @@ def main() -> int:
     todo = [s for s in wanted if s not in skip]
     res: dict[str, Any] = {}
     previous = out / "results.json"
+    if args.render:
+        res = json.loads(previous.read_text(encoding="utf-8"))
+        publish(res, out, readme=res["mode"] == "full" and not args.no_readme)
+        return 0
     if args.only and previous.exists():
         res = json.loads(previous.read_text(encoding="utf-8"))
     commit = git_commit()
@@ -338,7 +359,7 @@ def main() -> int:
             "machine": machine(),
             "mode": mode,
             "commit": commit,
-            "command": "python bench/run_all.py " + shlex.join(sys.argv[1:]),
+            "command": shlex.join(["python", "bench/run_all.py", *sys.argv[1:]]),
         }
     )
     res.setdefault("seconds", {})
@@ -356,6 +377,8 @@ def main() -> int:
             res[name] = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
         res["seconds"][name] = round(time.monotonic() - started)
         print(f"   {name}: {res['seconds'][name]} s", flush=True)
+        # What is measured is kept as it comes: a run stopped later loses nothing before.
+        (out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
 
     def with_broker(bootstrap: str) -> None:
         section("stream", lambda: stream(sz, bootstrap))
@@ -378,15 +401,8 @@ def main() -> int:
     section("memory", lambda: memory(sz, args.quick))
     if args.set_quality_reference and "error" not in (res.get("quality") or {"error": 1}):
         set_reference(res["quality"], commit)
-    images = charts.draw(res, out)
     (out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
-    text = report.render(res, images)
-    (out / "report.md").write_text(text, encoding="utf-8")
-    if not args.quick and not args.no_readme and out == RESULTS:
-        rel = os.path.relpath(out / "report.md", ROOT)
-        if not report.update_readme(ROOT / "README.md", res, rel):
-            print("README.md has no benchmark table markers: left alone", file=sys.stderr)
-    print(text)
+    print(publish(res, out, readme=not args.quick and not args.no_readme))
     total = sum(res["seconds"].get(s, 0) for s in todo)
     print(f"bench: {len(todo)} sections in {total / 60:.1f} min; report: {out / 'report.md'}")
     return 0

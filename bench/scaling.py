@@ -42,10 +42,10 @@ def rss_mib(children: bool = True) -> float:
     import psutil
 
     me = psutil.Process()
-    total = me.memory_info().rss
+    total = int(me.memory_info().rss)
     for c in me.children(recursive=True) if children else []:
         with contextlib.suppress(psutil.Error):
-            total += c.memory_info().rss
+            total += int(c.memory_info().rss)
     return round(total / 2**20, 1)
 
 

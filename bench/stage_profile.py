@@ -1,12 +1,13 @@
 """Where the Kafka loop's time goes: a sampling profile of the pipeline, cut into stages.
 
 Not a test: it prints a table. ``--events`` events over ``--routes`` routes are
-pre-loaded into an input topic; then a child process runs the real
-:class:`~sentinel_stream.stream.pipeline.Pipeline` (production settings, fits in a
-worker process) under ``py-spy record`` until every event has its verdict. Only the
-loop's thread is kept, and only its samples on the CPU (py-spy leaves out a thread that
-waits in a system call: time the loop spends waiting for the broker is not a stage).
-Each sample goes to the stage of its innermost frame that one of the rules below names:
+pre-loaded into an input topic; a child process runs the real
+:class:`~sentinel_stream.stream.pipeline.Pipeline` (production settings, fits in a worker
+process) and, once the loop has its partitions, attaches ``py-spy record`` to itself until
+every event is handled (start-up and joining the group are left out). Two runs: one keeps
+the loop thread's samples on the CPU, one all of them (``--idle``: its wall time, waits
+for the broker included). Only the loop's thread counts. Each sample goes to the stage of
+its innermost frame that one of the rules below names:
 
 - consume: ``next_batch`` (stream/kafka/batching.py) and the loop's polls;
 - decode: stream/decode.py;
@@ -33,10 +34,10 @@ import linecache
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -180,8 +181,26 @@ def aggregate(raw: str, thread: str = THREAD) -> dict[str, Any]:
 
 
 def child(args: argparse.Namespace) -> int:
+    """Run the pipeline; once it has its partitions, profile this process until every
+    event is handled (startup and joining the group are left out)."""
     member = Member(settings_for(args.bootstrap, args.prefix)).start()
-    ok = wait_until(lambda: member.records >= args.events, 600, 0.2)
+    status = member.pipeline.status
+    if not wait_until(lambda: bool(status.assigned) and not status.restoring, 120, 0.05):
+        member.stop()
+        return 1
+    cmd = [args.spy, "record", "-f", "raw", "--threads", "--full-filenames", "--nonblocking"]
+    cmd += ["-r", str(args.rate), "-o", args.out, "--pid", str(os.getpid())]
+    spy = subprocess.Popen(
+        [*cmd, *(["--idle"] if args.idle else [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ok = wait_until(lambda: member.records >= args.events, 600, 0.05)
+    spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled, and exits
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
     member.stop()
     return 0 if ok else 1
 
@@ -194,75 +213,72 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
+def profile_once(
+    spy: str, bootstrap: str, events: list[dict[str, Any]], rate: int, idle: bool
+) -> dict[str, Any]:
+    """One profiled run of the pipeline over its own pre-loaded topic."""
+    prefix = f"bench-profile-{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}.{t}" for t in ("in", "out", "dlq", "state")]
+    create_topics(bootstrap, names, PARTITIONS, stamped=(f"{prefix}.out",))
+    preload(bootstrap, f"{prefix}.in", events)
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "raw.txt"
+        cmd = [PY, str(Path(__file__).resolve()), "--child", "--bootstrap", bootstrap]
+        cmd += ["--prefix", prefix, "--events", str(len(events)), "--spy", spy]
+        cmd += ["--rate", str(rate), "--out", str(out), *(["--idle"] if idle else [])]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        if run.returncode != 0 or not out.exists():
+            raise RuntimeError(f"profiled run failed ({run.returncode}): {run.stderr[-1500:]}")
+        raw = out.read_text(encoding="utf-8", errors="replace")
+    stamps = read_stamps(bootstrap, f"{prefix}.out", len(events), 120)
+    res = aggregate(raw)
+    ts = sorted(stamps.values())
+    busy_s = (ts[-1] - ts[0]) / 1000.0 if len(ts) > 1 else 0.0
+    res["events_per_s"] = round(throughput_of(stamps))
+    res["processing_s"] = round(busy_s, 2)
+    # samples taken / samples a thread busy all along would give
+    res["busy_share"] = round(res["samples"] / (rate * busy_s), 3) if busy_s else None
+    return res
+
+
 def profile(bootstrap: str, events: int, routes: int, rate: int) -> dict[str, Any]:
+    """Two runs: the loop thread's samples on the CPU, and all of its samples (wall time,
+    waiting included)."""
     from sentinel_stream.tools.synthetic import generate
 
     spy = py_spy()
     if spy is None:
         return {"error": "py-spy is not installed (pip install py-spy)"}
-    prefix = f"bench-profile-{uuid.uuid4().hex[:6]}"
-    names = [f"{prefix}.{t}" for t in ("in", "out", "dlq", "state")]
-    create_topics(bootstrap, names, PARTITIONS, stamped=(f"{prefix}.out",))
-    preload(bootstrap, f"{prefix}.in", [le.event for le in generate(events, routes, 0.005, seed=1)])
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "raw.txt"
-        cmd = [
-            spy,
-            "record",
-            "-f",
-            "raw",
-            "--threads",
-            "--full-filenames",
-            "-r",
-            str(rate),
-            "-o",
-            str(out),
-            "--",
-            PY,
-            str(Path(__file__).resolve()),
-            "--child",
-            "--bootstrap",
-            bootstrap,
-            "--prefix",
-            prefix,
-            "--events",
-            str(events),
-        ]
-        started = time.monotonic()
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
-        wall = time.monotonic() - started
-        if run.returncode != 0 or not out.exists():
-            return {"error": f"py-spy failed ({run.returncode}): {run.stderr[-1500:]}"}
-        raw = out.read_text(encoding="utf-8", errors="replace")
-    stamps = read_stamps(bootstrap, f"{prefix}.out", events, 120)
-    res = aggregate(raw)
-    ts = sorted(stamps.values())
-    busy_s = (ts[-1] - ts[0]) / 1000.0 if len(ts) > 1 else 0.0
-    res.update(
-        {
-            "events": events,
-            "routes": routes,
-            "sample_rate_hz": rate,
-            "events_per_s_under_profiler": round(throughput_of(stamps)),
-            "processing_s": round(busy_s, 2),
-            # samples on the CPU / samples a thread busy all along would give
-            "loop_cpu_share": round(res["samples"] / (rate * busy_s), 3) if busy_s else None,
-            "child_wall_s": round(wall, 1),
-        }
-    )
-    return res
+    evs = [le.event for le in generate(events, routes, 0.005, seed=1)]
+    return {
+        "events": events,
+        "routes": routes,
+        "sample_rate_hz": rate,
+        "cpu": profile_once(spy, bootstrap, evs, rate, idle=False),
+        "wall": profile_once(spy, bootstrap, evs, rate, idle=True),
+    }
 
 
 def render(res: dict[str, Any]) -> str:
     if "error" in res:
         return f"(not measured: {res['error']})"
+    cpu = {s["stage"]: s["share"] for s in res["cpu"]["stages"]}
+    wall = {s["stage"]: s["share"] for s in res["wall"]["stages"]}
     lines = [
-        "| stage | share of the loop's CPU samples |",
-        "| --- | ---: |",
+        "| stage | share of the loop thread's time (waits included) | share of its CPU samples |",
+        "| --- | ---: | ---: |",
     ]
-    lines += [f"| {s['stage']} | {100 * s['share']:.1f} % |" for s in res["stages"]]
-    lines += ["", "Hottest innermost functions:", "", "| function | share |", "| --- | ---: |"]
-    lines += [f"| `{f['function']}` | {100 * f['share']:.1f} % |" for f in res["top_functions"]]
+    for stage in STAGES:
+        if stage in cpu or stage in wall:
+            lines.append(
+                f"| {stage} | {100 * wall.get(stage, 0):.1f} % | {100 * cpu.get(stage, 0):.1f} % |"
+            )
+    for kind, title in (("cpu", "on the CPU"), ("wall", "waits included")):
+        lines += ["", f"Hottest innermost functions ({title}):", ""]
+        lines += ["| function | share |", "| --- | ---: |"]
+        lines += [
+            f"| `{f['function']}` | {100 * f['share']:.1f} % |" for f in res[kind]["top_functions"]
+        ]
     return "\n".join(lines)
 
 
@@ -271,6 +287,9 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--routes", type=int, default=100)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--spy", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS or a local broker")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -290,9 +309,11 @@ def main() -> int:
     else:
         print(render(res))
         if "error" not in res:
+            c, w = res["cpu"], res["wall"]
             print(
-                f"\n{res['samples']:,} samples; {res['events_per_s_under_profiler']:,} events/s "
-                f"under the profiler; loop thread on the CPU {res['loop_cpu_share']} of the time"
+                f"\n{c['samples']:,} samples on the CPU ({c['events_per_s']:,} events/s under "
+                f"the profiler; the loop on the CPU {c['busy_share']} of the time), "
+                f"{w['samples']:,} with waits ({w['events_per_s']:,} events/s)"
             )
     return 0
 

@@ -325,7 +325,7 @@ def measure(
 
     def ratio(a: str, b: str) -> float | None:
         if a in by and b in by and by[b]["events_per_s"]:
-            return round(by[a]["events_per_s"] / by[b]["events_per_s"], 3)
+            return round(float(by[a]["events_per_s"]) / float(by[b]["events_per_s"]), 3)
         return None
 
     for r in rows:  # the headline latency: the phase at --rate
