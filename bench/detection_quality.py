@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,17 @@ KDD = ROOT.parent / "shared" / "datasets" / "kdd99-http" / "http.mat"
 SETS = ("mammography", "thyroid", "satimage-2", "vowels")
 
 
-def quality(path: Path, order: str, seed: int, baselines: bool = True) -> dict[str, Any]:
+def quality(
+    path: Path,
+    order: str,
+    seed: int,
+    baselines: bool = True,
+    curves: bool = False,
+    v1: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """One set in one arrival order: ours beside the baselines. ``curves``: also each
+    detector's ROC curve (for a chart); ``v1``: also the v1 service's design on rows
+    ``v1[0]:v1[1]`` (it scores ~30 rows/s, so a slice)."""
     from sentinel_stream.config import Settings
     from sentinel_stream.tools import evaluate as ev
 
@@ -59,6 +70,7 @@ def quality(path: Path, order: str, seed: int, baselines: bool = True) -> dict[s
         "anomalies": int(data.y.sum()),
         "ours": ev.report("sentinel-stream", stream.y, scores, flags, seconds),
     }
+    roc_of: dict[str, Any] = {"sentinel-stream": (stream.y, scores)}
     if order == "anomalies-first":
         normal = flags[stream.y == 0]
         w = Settings().history_max
@@ -70,8 +82,29 @@ def quality(path: Path, order: str, seed: int, baselines: bool = True) -> dict[s
         top = np.argsort(-batch_scores)[: max(1, len(batch_scores) // 100)]
         out["batch"] = batch
         out["batch_top1pct_anomalies"] = int(stream.y[top].sum())
-        out["hst"] = ev.baseline_hst(x, stream.y, 10**9)[0]
+        out["hst"], hst_scores = ev.baseline_hst(x, stream.y, 10**9)
+        roc_of["batch IsolationForest"] = (stream.y, batch_scores)
+        if len(hst_scores) == len(stream.y):
+            roc_of["River HalfSpaceTrees"] = (stream.y, hst_scores)
+        if v1 is not None:
+            a, b = v1
+            rep, v1_scores = ev.baseline_v1(x[a:b], stream.y[a:b], b - a)
+            rep["note"] = f"rows {a:,}-{b:,} only" if (a, b) != (0, len(stream.y)) else ""
+            out["v1"] = rep
+            if "roc_auc" in rep:
+                roc_of["v1 service"] = (stream.y[a:b], v1_scores)
+    if curves:
+        out["curves"] = {name: roc(y, sc) for name, (y, sc) in roc_of.items()}
     return out
+
+
+def roc(y: np.ndarray, scores: np.ndarray, points: int = 400) -> dict[str, list[float]]:
+    """The ROC curve, thinned to about ``points`` points."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, points).astype(int))
+    return {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
 
 
 def fit_times(fits: int, rows: int = 1000) -> dict[str, Any]:
@@ -141,24 +174,67 @@ def pct(v: float | None) -> str:
 
 
 def render(res: dict[str, Any]) -> str:
-    out = ["## ODDS sets, file and shuffled order\n", table(res["odds"])]
-    out += [
-        "\n## Anomalies first (a route that begins in trouble)\n",
-        "| set | anomalies | FPR on normal rows: first window | second window | after |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
+    out = []
+    if res["odds"]:
+        out += ["## ODDS sets, file and shuffled order\n", table(res["odds"])]
+    if res["first"]:
+        out += [
+            "\n## Anomalies first (a route that begins in trouble)\n",
+            "| set | anomalies | FPR on normal rows: first window | second window | after |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
     for r in res["first"]:
         w = r["fpr_normal_windows"]
         out.append(f"| {r['set']} | {r['anomalies']} | {' | '.join(pct(v) for v in w)} |")
     if res["telemetry"]:
-        out += ["\n## Telemetry: KDD Cup 99 http, synthetic (100,000 events)\n"]
+        out += ["\n## Telemetry: KDD Cup 99 http, synthetic telemetry\n"]
         out.append(table(res["telemetry"]))
-    f = res["fit"]
-    out.append(
-        f"\n## Fit cost\n\n100 trees on {f['rows']:,} rows, median of {f['fits']}: "
-        f"{f['fit_ms_median']} ms; sklearn's bare fit, same run: {f['sklearn_fit_ms_median']} ms"
-    )
+    f = res.get("fit")
+    if f:
+        out.append(
+            f"\n## Fit cost\n\n100 trees on {f['rows']:,} rows, median of {f['fits']}: "
+            f"{f['fit_ms_median']} ms; sklearn's bare fit, same run: "
+            f"{f['sklearn_fit_ms_median']} ms"
+        )
     return "\n".join(out)
+
+
+V1_KDD = (310_000, 314_000)
+"""The v1 design's slice of KDD: no attack before row 201,669, a burst from 311,452."""
+V1_SYNTHETIC = 3_000
+
+
+def measure(
+    sets: list[str],
+    seed: int = 1,
+    fits: int = 21,
+    kdd: bool = True,
+    synthetic_events: int | None = 100_000,
+    curves: bool = False,
+    v1: bool = False,
+) -> dict[str, Any]:
+    """Everything above on the named ODDS sets; KDD and the synthetic set when asked (with
+    ROC curves and the v1 design's slice when asked); the fit cost."""
+    res: dict[str, Any] = {"seed": seed, "odds": [], "first": [], "telemetry": []}
+    for name in sets:
+        path = ODDS / f"{name}.mat"
+        for order in ("file", "shuffled"):
+            res["odds"].append(quality(path, order, seed))
+            print(table(res["odds"][-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        res["first"].append(quality(path, "anomalies-first", seed, baselines=False))
+    if kdd and KDD.exists():
+        res["telemetry"].append(
+            quality(KDD, "file", seed, curves=curves, v1=V1_KDD if v1 else None)
+        )
+    if synthetic_events:
+        path = synthetic(synthetic_events)
+        try:
+            slice_ = (0, min(V1_SYNTHETIC, synthetic_events)) if v1 else None
+            res["telemetry"].append(quality(path, "file", seed, curves=curves, v1=slice_))
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+    res["fit"] = fit_times(fits)
+    return res
 
 
 def main() -> int:
@@ -173,17 +249,13 @@ def main() -> int:
     if args.render:
         print(render(json.loads(Path(args.render).read_text(encoding="utf-8"))))
         return 0
-    res: dict[str, Any] = {"seed": args.seed, "odds": [], "first": [], "telemetry": []}
-    for name in args.sets.split(","):
-        path = ODDS / f"{name}.mat"
-        for order in ("file", "shuffled"):
-            res["odds"].append(quality(path, order, args.seed))
-            print(table(res["odds"][-1:]).splitlines()[-1], flush=True)
-        res["first"].append(quality(path, "anomalies-first", args.seed, baselines=False))
-    if not args.quick:
-        res["telemetry"].append(quality(KDD, "file", args.seed))
-        res["telemetry"].append(quality(synthetic(100_000), "file", args.seed))
-    res["fit"] = fit_times(args.fits)
+    res = measure(
+        [s for s in args.sets.split(",") if s],
+        args.seed,
+        args.fits,
+        kdd=not args.quick,
+        synthetic_events=None if args.quick else 100_000,
+    )
     print(render(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1), encoding="utf-8")

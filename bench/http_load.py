@@ -9,9 +9,15 @@ bodies cycling over warmed routes.
 - ``v1``: the v1 service's design: one IsolationForest, one sklearn
   ``score_samples`` call per request;
 - ``sentinel``: ``sentinel-stream run`` on a real broker, HTTP events forwarded to Kafka
-  as in production, routes warmed until they have models.
+  as in production (the Kafka loop learns them meanwhile), routes warmed until they have
+  models.
 
-    python bench/http_load.py --seconds 10
+With ``--owner``, the cost of asking the owner: two members of one group on a two-partition
+input topic, routes whose partition member ``a`` owns, warmed until both members answer
+them from ``a``'s models; ``wrk`` against ``a`` (``owner``), then against ``b``
+(``non-owner``: each request passed to ``a`` over HTTP), same routes, same run.
+
+    python bench/http_load.py --seconds 10 --owner
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import socket
@@ -31,13 +36,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.support (the broker helpers)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for bench, tests.support
+
+from bench.common import bench_env, topic_env, wait_until
 
 ROUTES = [f"/bench/r{i}" for i in range(10)]
 
 
 def body(i: int, route: str | None = None) -> dict[str, Any]:
+    """The ``i``-th request's body: values that vary a little, as one route's traffic does."""
     return {
         "latency": 100.0 + (i * 37) % 50,
         "input_length": 400 + (i * 13) % 100,
@@ -126,11 +133,14 @@ end
 """
 
 
-def wrk(port: int, seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
+def wrk(
+    port: int, seconds: float, connections: int, tmp: Path, routes: list[str] | None = None
+) -> dict[str, Any]:
     binary = shutil.which("wrk")
     if binary is None:
         raise SystemExit("wrk is missing: bash scripts/system-deps.sh")
-    bodies = ", ".join(json.dumps(json.dumps(body(i))) for i in range(200))
+    routes = routes or ROUTES
+    bodies = ", ".join(json.dumps(json.dumps(body(i, routes[i % len(routes)]))) for i in range(200))
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{BODIES}", "{" + bodies + "}"))
     out = subprocess.run(
@@ -184,18 +194,28 @@ def run_baseline(kind: str, seconds: float, connections: int, tmp: Path) -> dict
         proc.wait(20)
 
 
+def warm(port: int, routes: list[str], timeout: float = 180.0) -> None:
+    """POST to each route until its answer comes from a trained model."""
+    deadline = time.monotonic() + timeout
+    trained: set[str] = set()
+    i = 0
+    while len(trained) < len(routes) and time.monotonic() < deadline:
+        for r in routes:
+            if r not in trained and post(port, body(i, r))["detector"] == "isolation_forest":
+                trained.add(r)
+            i += 1
+    if len(trained) < len(routes):
+        raise SystemExit(f"routes did not get models in {timeout:.0f} s")
+
+
 def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
     port = free_port()
     prefix = f"bench-http-{port}"
     env = {
-        **os.environ,
+        **bench_env(),
         "SENTINEL_KAFKA_BOOTSTRAP": bootstrap,
         "SENTINEL_GROUP_ID": f"{prefix}-g",
-        "SENTINEL_INPUT_TOPIC": f"{prefix}.in",
-        "SENTINEL_OUTPUT_TOPIC": f"{prefix}.out",
-        "SENTINEL_DLQ_TOPIC": f"{prefix}.dlq",
-        "SENTINEL_STATE_TOPIC": f"{prefix}.state",
-        "SENTINEL_MEMBERS_TOPIC": f"{prefix}.members",
+        **topic_env(prefix),
         "SENTINEL_INSTANCE_ID": prefix,
         "SENTINEL_CREATE_TOPICS": "true",
         "SENTINEL_PORT": str(port),
@@ -207,17 +227,7 @@ def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) ->
     )
     try:
         wait_port(port)
-        # Warm every route over HTTP until its answers come from a trained model.
-        deadline = time.monotonic() + 180
-        trained: set[str] = set()
-        i = 0
-        while len(trained) < len(ROUTES) and time.monotonic() < deadline:
-            for r in ROUTES:
-                if post(port, body(i, r))["detector"] == "isolation_forest":
-                    trained.add(r)
-                i += 1
-        if len(trained) < len(ROUTES):
-            raise SystemExit("routes did not get models in time")
+        warm(port, ROUTES)
         return {"case": "sentinel", **wrk(port, seconds, connections, tmp)}
     finally:
         proc.terminate()
@@ -225,11 +235,90 @@ def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) ->
         log.close()
 
 
+def run_owner(bootstrap: str, seconds: float, connections: int, tmp: Path) -> list[dict[str, Any]]:
+    """wrk against the owner of the routes, then against the member that asks it."""
+    from bench.common import create_topics
+    from sentinel_stream.stream.owners import partition_of
+    from tests.support.service import ready, scrape, start
+
+    prefix = f"bench-owner-{free_port()}"
+    topics = topic_env(prefix)
+    create_topics(bootstrap, list(topics.values()), 2)
+    ports = {"a": free_port(), "b": free_port()}
+    procs = {}
+    try:
+        for m in ("a", "b"):
+            env = bench_env(
+                SENTINEL_KAFKA_BOOTSTRAP=bootstrap,
+                SENTINEL_GROUP_ID=f"{prefix}-g",
+                SENTINEL_INSTANCE_ID=m,
+                SENTINEL_HOST="127.0.0.1",
+                SENTINEL_PORT=str(ports[m]),
+                SENTINEL_LOG_LEVEL="warning",
+                **topics,
+            )
+            procs[m] = start(env, tmp, f"owner-{m}")
+            if not wait_until(lambda m=m: ready(procs[m], ports[m]), 120):  # type: ignore[misc]
+                raise SystemExit(f"member {m} not ready in 120 s")
+        # The routes of one partition; which member owns it, the answers say.
+        candidates = [f"/bench/owned/{i}" for i in range(200)]
+        by_partition: dict[int, list[str]] = {0: [], 1: []}
+        for r in candidates:
+            by_partition[partition_of(r.encode(), 2, "murmur2_random")].append(r)
+        owner_of: dict[int, str] = {}
+
+        def owners_known() -> bool:
+            for p, routes in by_partition.items():
+                seen = {post(ports[m], body(0, routes[0])).get("answered_by") for m in "ab"}
+                if len(seen) != 1 or None in seen:
+                    return False
+                owner_of[p] = str(seen.pop())
+            return set(owner_of.values()) == {"a", "b"}
+
+        if not wait_until(owners_known, 60, 0.5):
+            raise SystemExit(f"the members did not agree on owners: {owner_of}")
+        owned = next(rs for p, rs in by_partition.items() if owner_of[p] == "a")[:10]
+        warm(ports["a"], owned)
+        if not wait_until(
+            lambda: all(
+                post(ports["b"], body(0, r))["detector"] == "isolation_forest" for r in owned
+            ),
+            60,
+            0.5,
+        ):
+            raise SystemExit("b did not answer from a's models")
+        rows = [
+            {"case": "owner", **wrk(ports["a"], seconds, connections, tmp, owned)},
+            {"case": "non-owner", **wrk(ports["b"], seconds, connections, tmp, owned)},
+        ]
+        outcomes = re.findall(
+            r'^sentinel_http_owner_answers_total\{outcome="(\w+)"\} ([0-9.e+]+)$',
+            scrape(ports["b"]),
+            re.M,
+        )
+        rows[1]["owner_answers"] = {k: int(float(v)) for k, v in outcomes}
+        rows[1]["ratio_to_owner"] = (
+            round(rows[1]["requests_per_s"] / rows[0]["requests_per_s"], 3)
+            if rows[0]["requests_per_s"]
+            else None
+        )
+        return rows
+    finally:
+        for proc in procs.values():
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+                try:
+                    proc.popen.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.popen.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS or a local broker")
+    ap.add_argument("--owner", action="store_true", help="also the cost of asking the owner")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--serve", choices=["plain", "v1"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -240,13 +329,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         rows = [run_baseline("plain", args.seconds, args.connections, tmp)]
+
+        def with_broker(bootstrap: str) -> None:
+            rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp))
+            if args.owner:
+                rows.extend(run_owner(bootstrap, args.seconds, args.connections, tmp))
+
         if args.bootstrap:
-            rows.append(run_sentinel(args.bootstrap, args.seconds, args.connections, tmp))
+            with_broker(args.bootstrap)
         else:
             from tests.support.kafka_broker import broker_for_tests
 
             with broker_for_tests() as bootstrap:
-                rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp))
+                with_broker(bootstrap)
         rows.append(run_baseline("v1", args.seconds, args.connections, tmp))
     plain = rows[0]["requests_per_s"]
     for r in rows:

@@ -1,43 +1,111 @@
 """Every benchmark in one command, written up as a report with charts.
 
-    python bench/run_all.py            # ~20 minutes on a 2-core machine
-    python bench/run_all.py --quick    # smaller sizes, for a smoke run
+    python bench/run_all.py --quick    # a smoke run of every section: ~5 minutes
+    python bench/run_all.py            # the full run: ~30 minutes on 2 cores
 
 Each figure is printed next to its baseline from the same run (these machines are
-noisy: compare ratios). Results go to ``bench/results/``: ``report.md``, ``results.json``
-and PNG charts. The sections:
+noisy: compare ratios). The full run writes ``bench/results/``: ``report.md``,
+``results.json``, PNG charts, and the README's benchmark table (between its markers);
+``--quick`` writes ``bench/results/quick/`` and leaves the README alone. The sections,
+each a script that also runs alone:
 
-1. stream throughput and latency vs a pass-through consumer-producer (and with a
-   hanging LLM configured);
-2. ``POST /analyze-flow`` vs a plain aiohttp handler and the v1 design;
-3. memory vs number of routes (up to 100,000), and a compiled model's size vs sklearn's;
-4. refit cost, and what refitting does to scoring latency (worker process vs inline);
-5. detection quality: ``evaluate`` on KDD Cup 99 http and on the synthetic set, with the
-   baselines (batch IsolationForest, River's HalfSpaceTrees, the v1 design).
+- ``stream``: throughput of the pipeline, exactly-once and with a hanging LLM vs a
+  pass-through consumer-producer, and latency against offered rate
+  (``bench/stream_throughput.py``);
+- ``profile``: where the Kafka loop's time goes, per stage (``bench/stage_profile.py``,
+  py-spy);
+- ``scaling``: events/s and RSS against routes and window size (``bench/scaling.py``);
+- ``http``: ``POST /analyze-flow`` vs a plain aiohttp handler and the v1 design, and a
+  member that asks the route's owner vs the owner (``bench/http_load.py``);
+- ``rewarm``: N routes re-warmed from the state changelog vs cold (``bench/rewarm.py``);
+- ``chaos``: the chaos suite's table (``bench/chaos_table.py``; ``--chaos`` picks its
+  length);
+- ``refit``: a model's size, and scoring latency while routes refit (worker vs inline);
+- ``quality``: detection quality and the fit cost (``bench/detection_quality.py``), KDD
+  and synthetic against the reference figures in ``bench/results/quality_reference.json``;
+- ``memory``: ``bench/memory.py``, when it exists (run as ``bench/memory.py --json
+  [--quick]``; a ``markdown`` field in its JSON goes into the report as is).
+
+``--only stream,http`` re-runs some sections and keeps the others' results from the last
+run's ``results.json`` in the same directory; ``--render`` only writes the report again.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import pickle
 import platform
-import statistics
-import subprocess
+import shlex
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.support (the broker helpers)
-OUT = ROOT / "bench" / "results"
-KDD = ROOT.parent / "shared" / "datasets" / "kdd99-http" / "http.mat"
-PY = sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for bench, tests.support
+
+from bench import charts, detection_quality, report
+from bench.common import PY, ROOT, git_commit, run_json
+
+RESULTS = ROOT / "bench" / "results"
+SECTIONS = (
+    "stream",
+    "profile",
+    "scaling",
+    "http",
+    "rewarm",
+    "chaos",
+    "refit",
+    "quality",
+    "memory",
+)
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "stream_events": 20_000,
+        "stream_rates": "1000,10000",
+        "stream_seconds": 2,
+        "profile_events": 30_000,
+        "scaling_routes": "10,1000,10000",
+        "scaling_events": 20_000,
+        "scaling_windows": "250,1000",
+        "scaling_window_routes": 10,
+        "http_seconds": 2,
+        "rewarm_routes": "20",
+        "rewarm_rate": 1000,
+        "chaos": "smoke",
+        "refit_batches": 40,
+        "quality_sets": ["thyroid"],
+        "quality_kdd": False,
+        "quality_synthetic": 20_000,
+        "quality_fits": 5,
+        "quality_v1": False,
+    },
+    "full": {
+        "stream_events": 200_000,
+        "stream_rates": "1000,2000,5000,10000,20000",
+        "stream_seconds": 10,
+        "profile_events": 200_000,
+        "scaling_routes": "10,100,1000,10000,100000",
+        "scaling_events": 200_000,
+        "scaling_windows": "250,1000,5000",
+        "scaling_window_routes": 100,
+        "http_seconds": 8,
+        "rewarm_routes": "100,1000",
+        "rewarm_rate": 5000,
+        "chaos": "short",
+        "refit_batches": 150,
+        "quality_sets": list(detection_quality.SETS),
+        "quality_kdd": True,
+        "quality_synthetic": 100_000,
+        "quality_fits": 21,
+        "quality_v1": True,
+    },
+}
 
 
 def machine() -> dict[str, Any]:
@@ -57,81 +125,97 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def run_json(cmd: list[str], timeout: float) -> Any:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def script(name: str, *args: str) -> list[str]:
+    return [PY, str(ROOT / "bench" / name), *args, "--json"]
 
 
-# -- 3. memory -----------------------------------------------------------------------------
+# -- the sections that need a broker ------------------------------------------------------
 
 
-def rss_bytes() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def memory_vs_routes(sizes: list[int], events_per_route: int) -> dict[str, Any]:
-    from sentinel_stream.detect.detector import Detector, DetectorParams
-    from sentinel_stream.detect.forest import fit_forest
-    from sentinel_stream.detect.refit import InlineRefitter
-    from sentinel_stream.detect.rules import telemetry_rules
-
-    rows_out = []
-    rng = np.random.default_rng(0)
-    for n_routes in sizes:
-        gc.collect()
-        before = rss_bytes()
-        d = Detector(
-            DetectorParams(max_routes=n_routes, min_history=1000, model_features=(0, 1)),
-            telemetry_rules(20, 5),
-            InlineRefitter(),
-        )
-        rows = np.log1p(rng.lognormal(4, 0.3, size=(events_per_route, 3))).astype(np.float32)
-        rows[:, 2] = 0
-        for r in range(n_routes):
-            d.score_and_learn(f"/r{r}", rows)
-        gc.collect()
-        after = rss_bytes()
-        rows_out.append(
-            {
-                "routes": n_routes,
-                "rss_mib": round(after / 2**20, 1),
-                "added_mib": round((after - before) / 2**20, 1),
-                "bytes_per_route": round((after - before) / n_routes),
-            }
-        )
-        del d
-    x = np.log1p(rng.lognormal(4, 0.3, size=(1000, 2))).astype(np.float32)
-    compiled, sk = fit_forest(x, 100, 256, 0)
-    return {
-        "events_per_route": events_per_route,
-        "rows": rows_out,
-        "model_bytes_compiled": compiled.nbytes,
-        "model_bytes_sklearn_pickle": len(pickle.dumps(sk)),
-    }
+def stream(sz: dict[str, Any], bootstrap: str) -> Any:
+    cmd = script(
+        "stream_throughput.py",
+        "--bootstrap",
+        bootstrap,
+        "--events",
+        str(sz["stream_events"]),
+        "--rates",
+        sz["stream_rates"],
+        "--rate",
+        "10000",
+        "--seconds",
+        str(sz["stream_seconds"]),
+        "--llm-hang",
+    )
+    return run_json(cmd, 3600)
 
 
-# -- 4. refit ------------------------------------------------------------------------------
+def profile(sz: dict[str, Any], bootstrap: str) -> Any:
+    cmd = script(
+        "stage_profile.py", "--bootstrap", bootstrap, "--events", str(sz["profile_events"])
+    )
+    return run_json(cmd, 1800)
 
 
-def refit_cost(fits: int) -> dict[str, Any]:
+def scaling(sz: dict[str, Any], bootstrap: str) -> Any:
+    cmd = script(
+        "scaling.py",
+        "--bootstrap",
+        bootstrap,
+        "--routes",
+        sz["scaling_routes"],
+        "--events",
+        str(sz["scaling_events"]),
+        "--windows",
+        sz["scaling_windows"],
+        "--window-routes",
+        str(sz["scaling_window_routes"]),
+    )
+    return run_json(cmd, 3600)
+
+
+def http(sz: dict[str, Any], bootstrap: str) -> Any:
+    cmd = script(
+        "http_load.py", "--bootstrap", bootstrap, "--seconds", str(sz["http_seconds"]), "--owner"
+    )
+    return {"rows": run_json(cmd, 1800)}
+
+
+def rewarm(sz: dict[str, Any], bootstrap: str) -> Any:
+    cmd = script(
+        "rewarm.py",
+        "--bootstrap",
+        bootstrap,
+        "--routes",
+        sz["rewarm_routes"],
+        "--rate",
+        str(sz["rewarm_rate"]),
+    )
+    return {"rows": run_json(cmd, 5400)}
+
+
+# -- the sections without ------------------------------------------------------------------
+
+
+def chaos(sz: dict[str, Any], mode: str) -> Any:
+    if mode == "none":
+        return None
+    return run_json(script("chaos_table.py", "--mode", mode), 4000)
+
+
+def refit(sz: dict[str, Any]) -> dict[str, Any]:
+    """A model's bytes, and what refitting does to the latency of scoring a batch."""
     from sentinel_stream.config import Settings
     from sentinel_stream.detect.forest import fit_forest
     from sentinel_stream.engine import Engine, Event
 
     rng = np.random.default_rng(1)
-    x = np.log1p(rng.lognormal(4, 0.3, size=(2000, 2))).astype(np.float32)
-    durations = []
-    for i in range(fits):
-        t = time.perf_counter()
-        fit_forest(x, 100, 256, i)
-        durations.append(time.perf_counter() - t)
+    x = np.log1p(rng.lognormal(4, 0.3, size=(1000, 2))).astype(np.float32)
+    compiled, sk = fit_forest(x, 100, 256, 0)
 
     def batch_latencies(workers: int) -> list[float]:
         engine = Engine(
@@ -139,7 +223,7 @@ def refit_cost(fits: int) -> dict[str, Any]:
         )
         out = []
         try:
-            for b in range(150):
+            for b in range(sz["refit_batches"]):
                 evs = [
                     Event(
                         f"/r{(b * 7 + i) % 20}",
@@ -162,312 +246,165 @@ def refit_cost(fits: int) -> dict[str, Any]:
     def pct(v: list[float], p: float) -> float:
         return round(float(np.percentile(v, p)) * 1000, 2)
 
-    bg = batch_latencies(1)
-    inline = batch_latencies(0)
+    rows = {}
+    for name, workers in (("refit_in_worker", 1), ("refit_inline", 0)):
+        lat = batch_latencies(workers)
+        rows[name] = {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": pct(lat, 100)}
     return {
-        "fit_ms_median": round(statistics.median(durations) * 1000, 1),
-        "fit_ms_p90": pct(durations, 90),
-        "batch200_ms": {
-            "refit_in_worker": {"p50": pct(bg, 50), "p99": pct(bg, 99), "max": pct(bg, 100)},
-            "refit_inline": {
-                "p50": pct(inline, 50),
-                "p99": pct(inline, 99),
-                "max": pct(inline, 100),
-            },
-        },
+        "model_bytes_compiled": compiled.nbytes,
+        "model_bytes_sklearn_pickle": len(pickle.dumps(sk)),
+        "batch200_ms": rows,
     }
 
 
-# -- 5. quality ----------------------------------------------------------------------------
-
-
-def quality(
-    path: Path, v1_rows: int, hst_rows: int, v1_slice: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    from sentinel_stream.config import Settings
-    from sentinel_stream.tools import evaluate as ev
-
-    data = ev.load(path)
-    scores, flags, seconds = ev.score_stream(data, Settings(refit_workers=0, seed=1))
-    results = [ev.report("sentinel-stream", data.y, scores, flags, seconds, note="streaming")]
-    curves = {"sentinel-stream": roc(data.y, scores)}
-    x = ev.baseline_features(data)
-    for rep, base_scores in (
-        ev.baseline_batch(x, data.y),
-        ev.baseline_hst(x, data.y, hst_rows),
-        v1(ev, x, data.y, v1_rows, v1_slice),
-    ):
-        results.append(rep)
-        if "roc_auc" in rep:
-            a, b = rep.get("slice", [0, rep["rows"]])
-            curves[rep["detector"]] = roc(data.y[a:b], base_scores)
-    return {"file": str(path.name), "rows": len(data.y), "results": results, "curves": curves}
-
-
-def v1(
-    ev: Any, x: np.ndarray, y: np.ndarray, rows: int, where: tuple[int, int] | None
-) -> tuple[dict[str, Any], np.ndarray]:
-    """The v1 design on a prefix, or on a stated slice where a prefix holds no anomaly
-    (it scores ~30 rows/s: a whole set would take hours)."""
-    if where is None:
-        result: tuple[dict[str, Any], np.ndarray] = ev.baseline_v1(x, y, rows)
-        return result
-    a, b = where
-    rep, scores = ev.baseline_v1(x[a:b], y[a:b], b - a)
-    rep["note"] = f"rows {a:,}-{b:,} only (no attack before row 201,669)"
-    rep["slice"] = [a, b]
-    return rep, scores
-
-
-def roc(y: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(y, scores)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, 400).astype(int))
-    return {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
-
-
-# -- report --------------------------------------------------------------------------------
-
-
-def charts(res: dict[str, Any]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    stream = res["stream"]["rows"]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].bar(
-        [r["case"] for r in stream],
-        [r["events_per_s"] for r in stream],
-        color=["#999", "#2a7", "#7a2"][: len(stream)],
+def quality(sz: dict[str, Any]) -> dict[str, Any]:
+    res = detection_quality.measure(
+        sz["quality_sets"],
+        fits=sz["quality_fits"],
+        kdd=sz["quality_kdd"],
+        synthetic_events=sz["quality_synthetic"],
+        curves=True,
+        v1=sz["quality_v1"],
     )
-    ax[0].set_title("stream throughput (events/s)")
-    http = res["http"]
-    ax[1].bar(
-        [r["case"] for r in http],
-        [r["requests_per_s"] for r in http],
-        color=["#999", "#2a7", "#c44"][: len(http)],
-    )
-    ax[1].set_title("POST /analyze-flow (requests/s, c=32)")
-    fig.tight_layout()
-    fig.savefig(OUT / "throughput.png", dpi=110)
-    made.append("throughput.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    names = [r["case"] for r in stream]
-    w = 0.38
-    idx = np.arange(len(names))
-    ax[0].bar(idx - w / 2, [r["p50_ms"] or 0 for r in stream], w, label="p50")
-    ax[0].bar(idx + w / 2, [r["p99_ms"] or 0 for r in stream], w, label="p99")
-    ax[0].set_xticks(idx, names)
-    ax[0].set_title("produce-to-verdict latency (ms)")
-    ax[0].legend()
-    names = [r["case"] for r in http if r["case"] != "v1"]
-    sel = [r for r in http if r["case"] != "v1"]
-    idx = np.arange(len(sel))
-    ax[1].bar(idx - w / 2, [r["p50_ms"] for r in sel], w, label="p50")
-    ax[1].bar(idx + w / 2, [r["p99_ms"] for r in sel], w, label="p99")
-    ax[1].set_xticks(idx, names)
-    ax[1].set_title("HTTP latency (ms; v1 design off scale)")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "latency.png", dpi=110)
-    made.append("latency.png")
-    plt.close(fig)
-
-    for key in ("kdd", "synthetic"):
-        q = res["quality"].get(key)
-        if not q:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 4.2))
-        for name, c in q["curves"].items():
-            ax.plot(c["fpr"], c["tpr"], label=name)
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        auc = {r["detector"]: r.get("roc_auc") for r in q["results"]}
-        ax.set_title(f"ROC, {q['file']} (ours: AUC {auc['sentinel-stream']})")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(OUT / f"roc_{key}.png", dpi=110)
-        made.append(f"roc_{key}.png")
-        plt.close(fig)
-    return made
+    ref = RESULTS / "quality_reference.json"
+    if ref.exists():
+        res["reference"] = json.loads(ref.read_text(encoding="utf-8"))
+    return res
 
 
-def quality_table(q: dict[str, Any]) -> str:
-    lines = [
-        "| detector | rows | ROC AUC | AUPRC | precision | recall | F1 | FPR | rows/s | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in q["results"]:
-        lines.append(
-            f"| {r['detector']} | {r['rows']:,} | {r['roc_auc']:.4f} | {r['auprc']:.3f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['fpr']:.4f} | "
-            f"{r['rows_per_s']:,} | {r['note']} |"
-        )
-    return "\n".join(lines)
+def set_reference(res: dict[str, Any], commit: str) -> None:
+    """Make this run's KDD and synthetic figures the reference later runs compare with."""
+    sets = {
+        t["set"]: {
+            "rows": t["rows"],
+            "roc_auc": t["ours"]["roc_auc"],
+            "auprc": t["ours"]["auprc"],
+            "rows_per_s": t["ours"]["rows_per_s"],
+        }
+        for t in res.get("telemetry", [])
+    }
+    doc = {"source": f"bench/run_all.py at commit {commit}", "sets": sets}
+    (RESULTS / "quality_reference.json").write_text(json.dumps(doc, indent=1) + "\n")
+    res["reference"] = doc
 
 
-def write_report(res: dict[str, Any], images: list[str]) -> None:
-    m = res["machine"]
-    s = res["stream"]
-    st = {r["case"]: r for r in s["rows"]}
-    h = {r["case"]: r for r in res["http"]}
-    mem = res["memory"]
-    rf = res["refit"]
-    lines = [
-        "# sentinel-stream benchmark report",
-        "",
-        f"Generated by `python bench/run_all.py` on {m['date']}: {m['cpu']}, {m['cores']} cores, "
-        f"{m['memory_gib']} GiB, Python {m['python']}. Broker, load generators and service share "
-        "the machine. Every figure sits next to its baseline from the same run.",
-        "",
-        "## Stream (bench/stream_throughput.py)",
-        "",
-        "| case | events/s | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for r in s["rows"]:
-        lines.append(f"| {r['case']} | {r['events_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} |")
-    lines += [
-        "",
-        f"Pipeline / pass-through: **{s['ratio_to_pass_through']}**. With an LLM configured that "
-        "never answers / without: "
-        f"**{round(s.get('llm_hanging_ratio_to_pipeline') or 0, 3)}**. Latency measured "
-        f"at {st['pipeline']['latency_rate_per_s']:,.0f} events/s into warmed routes.",
-        "",
-        "## HTTP (bench/http_load.py, wrk, concurrency 32)",
-        "",
-        "| case | requests/s | p50 ms | p99 ms | vs plain |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in res["http"]:
-        lines.append(
-            f"| {r['case']} | {r['requests_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
-            f"{r['ratio_to_plain']} |"
-        )
-    lines += [
-        "",
-        f"`sentinel` is the full service (scoring, forwarding each event to Kafka, the Kafka "
-        f"loop learning it); `plain` parses JSON and answers; `v1` calls sklearn's "
-        f"`score_samples` per request ({h['v1']['requests_per_s']} requests/s).",
-        "",
-        "## Memory",
-        "",
-        f"Per route, {mem['events_per_route']} events each (window and long-memory reservoir "
-        "pages are touched as they fill):",
-        "",
-        "| routes | process RSS MiB | added MiB | bytes per route |",
-        "| ---: | ---: | ---: | ---: |",
-    ]
-    for r in mem["rows"]:
-        lines.append(
-            f"| {r['routes']:,} | {r['rss_mib']} | {r['added_mib']} | {r['bytes_per_route']:,} |"
-        )
-    lines += [
-        "",
-        f"One model of 100 trees: compiled {mem['model_bytes_compiled']:,} bytes vs sklearn's "
-        f"pickled IsolationForest {mem['model_bytes_sklearn_pickle']:,} bytes.",
-        "",
-        "## Refit",
-        "",
-        f"Fit of 100 trees: median {rf['fit_ms_median']} ms (p90 {rf['fit_ms_p90']} ms). Scoring "
-        "a batch of 200 events over 20 routes while routes refit:",
-        "",
-        "| refits run | p50 ms | p99 ms | max ms |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for k, v in rf["batch200_ms"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {v['p50']} | {v['p99']} | {v['max']} |")
-    for key, title in (
-        ("kdd", "KDD Cup 99 http (567,498 rows, 0.39 % attacks)"),
-        ("synthetic", "synthetic telemetry"),
-    ):
-        q = res["quality"].get(key)
-        if q:
-            lines += ["", f"## Detection quality: {title}", "", quality_table(q)]
-    lines += ["", "## Charts", ""] + [f"![{i}]({i})" for i in images]
-    (OUT / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def memory(sz: dict[str, Any], quick: bool) -> Any:
+    """The hook for ``bench/memory.py``: its JSON, whatever it measures."""
+    if not (ROOT / "bench" / "memory.py").exists():
+        return None
+    return run_json(script("memory.py", *(["--quick"] if quick else [])), 3600)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def publish(res: dict[str, Any], out: Path, readme: bool) -> str:
+    """Charts, report.md and (from a full run into bench/results) the README's table."""
+    text = report.render(res, charts.draw(res, out))
+    (out / "report.md").write_text(text, encoding="utf-8")
+    if readme and out.resolve() == RESULTS.resolve():
+        rel = os.path.relpath(out / "report.md", ROOT)
+        if not report.update_readme(ROOT / "README.md", res, rel):
+            print("README.md has no benchmark table markers: left alone", file=sys.stderr)
+    return text
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     ap.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS or a local broker")
+    ap.add_argument("--out", type=Path, help="default: bench/results (bench/results/quick)")
+    ap.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
+    ap.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    ap.add_argument(
+        "--chaos",
+        choices=["none", "smoke", "short", "full"],
+        help="the chaos suite's length (default: smoke with --quick, else short; full is "
+        "scripts/chaos.sh)",
+    )
+    ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: write the report, charts and README table again from the "
+        "results.json in the output directory",
+    )
+    ap.add_argument(
+        "--set-quality-reference",
+        action="store_true",
+        help="make this run's KDD and synthetic figures the reference",
+    )
     args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    quick = args.quick
-    res: dict[str, Any] = {"machine": machine()}
+    mode = "quick" if args.quick else "full"
+    sz = SIZES[mode]
+    out: Path = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = [s for s in (args.only.split(",") if args.only else SECTIONS) if s]
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = (set(wanted) | skip) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}")
+    todo = [s for s in wanted if s not in skip]
+    res: dict[str, Any] = {}
+    previous = out / "results.json"
+    if args.render:
+        res = json.loads(previous.read_text(encoding="utf-8"))
+        publish(res, out, readme=res["mode"] == "full" and not args.no_readme)
+        return 0
+    if args.only and previous.exists():
+        res = json.loads(previous.read_text(encoding="utf-8"))
+    commit = git_commit()
+    res.update(
+        {
+            "machine": machine(),
+            "mode": mode,
+            "commit": commit,
+            "command": shlex.join(["python", "bench/run_all.py", *sys.argv[1:]]),
+        }
+    )
+    res.setdefault("seconds", {})
+    chaos_mode = args.chaos or sz["chaos"]
+
+    def section(name: str, fn: Callable[[], Any]) -> None:
+        if name not in todo:
+            return
+        print(f"== {name}", flush=True)
+        started = time.monotonic()
+        try:
+            res[name] = fn()
+        except Exception as exc:  # one section's failure must not lose the others
+            traceback.print_exc()
+            res[name] = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
+        res["seconds"][name] = round(time.monotonic() - started)
+        print(f"   {name}: {res['seconds'][name]} s", flush=True)
+        # What is measured is kept as it comes: a run stopped later loses nothing before.
+        (out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
 
     def with_broker(bootstrap: str) -> None:
-        print("1/5 stream throughput", flush=True)
-        res["stream"] = run_json(
-            [
-                PY,
-                "bench/stream_throughput.py",
-                "--json",
-                "--llm-hang",
-                "--bootstrap",
-                bootstrap,
-                "--events",
-                "40000" if quick else "200000",
-            ],
-            1800,
-        )
-        print("2/5 HTTP", flush=True)
-        res["http"] = run_json(
-            [
-                PY,
-                "bench/http_load.py",
-                "--json",
-                "--bootstrap",
-                bootstrap,
-                "--seconds",
-                "3" if quick else "8",
-            ],
-            900,
-        )
+        section("stream", lambda: stream(sz, bootstrap))
+        section("profile", lambda: profile(sz, bootstrap))
+        section("scaling", lambda: scaling(sz, bootstrap))
+        section("http", lambda: http(sz, bootstrap))
+        section("rewarm", lambda: rewarm(sz, bootstrap))
 
-    if args.bootstrap:
-        with_broker(args.bootstrap)
-    else:
-        from tests.support.kafka_broker import broker_for_tests
+    if {"stream", "profile", "scaling", "http", "rewarm"} & set(todo):
+        if args.bootstrap:
+            with_broker(args.bootstrap)
+        else:
+            from tests.support.kafka_broker import broker_for_tests
 
-        with broker_for_tests() as bootstrap:
-            with_broker(bootstrap)
-    print("3/5 memory", flush=True)
-    res["memory"] = memory_vs_routes([1000, 10000] if quick else [1000, 10000, 100000], 20)
-    print("4/5 refit", flush=True)
-    res["refit"] = refit_cost(5 if quick else 20)
-    print("5/5 detection quality", flush=True)
-    res["quality"] = {}
-    synth = OUT / "tmp" / "synthetic.csv"
-    synth.parent.mkdir(exist_ok=True)
-    subprocess.run(
-        [
-            PY,
-            "-m",
-            "sentinel_stream",
-            "synth",
-            str(synth),
-            "--events",
-            "20000" if quick else "100000",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    res["quality"]["synthetic"] = quality(synth, 300 if quick else 5000, 10**9)
-    if KDD.exists() and not quick:
-        res["quality"]["kdd"] = quality(KDD, 0, 10**9, v1_slice=(308_000, 318_000))
-    images = charts(res)
-    (OUT / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
-    write_report(res, images)
-    print((OUT / "report.md").read_text())
+            with broker_for_tests() as bootstrap:
+                with_broker(bootstrap)
+    section("chaos", lambda: chaos(sz, chaos_mode))
+    section("refit", lambda: refit(sz))
+    section("quality", lambda: quality(sz))
+    section("memory", lambda: memory(sz, args.quick))
+    if args.set_quality_reference and "error" not in (res.get("quality") or {"error": 1}):
+        set_reference(res["quality"], commit)
+    (out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    print(publish(res, out, readme=not args.quick and not args.no_readme))
+    total = sum(res["seconds"].get(s, 0) for s in todo)
+    print(f"bench: {len(todo)} sections in {total / 60:.1f} min; report: {out / 'report.md'}")
     return 0
 
 
