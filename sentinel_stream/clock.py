@@ -14,7 +14,10 @@ EPOCH_MS_MIN = -62_135_596_800_000
 EPOCH_MS_MAX = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: the last instant RFC 3339 can write."""
 
-_second_cache: list[tuple[int, str]] = [(-(2**63), "")]
+_seconds: dict[int, str] = {}
+"""Second -> its text: a batch holds records of a few seconds (partitions interleave, each
+with its own), so a small table of them saves formatting nearly every time."""
+_SECONDS_MAX = 4096
 
 
 def _seconds_text(utc: datetime) -> str:
@@ -25,6 +28,10 @@ def _seconds_text(utc: datetime) -> str:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
+
+
 def in_range(epoch_ms: int) -> bool:
     """True when ``epoch_ms`` falls in years 1-9999 (what :func:`iso_utc_ms` can write)."""
     return EPOCH_MS_MIN <= epoch_ms <= EPOCH_MS_MAX
@@ -33,15 +40,17 @@ def in_range(epoch_ms: int) -> bool:
 def iso_utc_ms(epoch_ms: int) -> str:
     """``epoch_ms`` (within :func:`in_range`) as RFC 3339 UTC with milliseconds.
 
-    A batch's records mostly share their second, so the second's text is formatted once
-    and reused: this runs for every record that has no timestamp of its own.
+    Records mostly share their second with others, so each second's text is formatted
+    once and kept: this runs for every record that has no timestamp of its own.
     """
     sec, ms = divmod(epoch_ms, 1000)
-    cached_sec, prefix = _second_cache[0]
-    if sec != cached_sec:
-        prefix = _seconds_text(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=sec))
-        _second_cache[0] = (sec, prefix)
-    return f"{prefix}{ms:03d}Z"
+    prefix = _seconds.get(sec)
+    if prefix is None:
+        if len(_seconds) >= _SECONDS_MAX:
+            _seconds.clear()
+        prefix = _seconds_text(_EPOCH + timedelta(seconds=sec))
+        _seconds[sec] = prefix
+    return prefix + _MILLIS[ms]
 
 
 def format_event_time(ts: datetime) -> str:
