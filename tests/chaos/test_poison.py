@@ -86,7 +86,14 @@ def test_every_kind_of_poison_record_gets_a_verdict_or_a_dead_letter(
             failed.append(err.str())
 
     # One record per request, so that one refused record cannot take others with it.
-    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 3_000_000, "linger.ms": 0})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "message.max.bytes": 3_000_000,
+            "linger.ms": 0,
+            "enable.idempotence": True,
+        }
+    )
     topic = names["SENTINEL_INPUT_TOPIC"]
     for i, (value, ts, _) in enumerate(POISON):
         p.produce(topic, _json(event_id=f"before-{i}"), b"/a", on_delivery=delivered)
