@@ -78,7 +78,7 @@ def rss_bytes() -> int:
 
 def memory_vs_routes(sizes: list[int], events_per_route: int) -> dict[str, Any]:
     from sentinel_stream.detect.detector import Detector, DetectorParams
-    from sentinel_stream.detect.forest import fit_forest
+    from sentinel_stream.detect.fit import fit_forest
     from sentinel_stream.detect.refit import InlineRefitter
     from sentinel_stream.detect.rules import telemetry_rules
 
@@ -122,7 +122,7 @@ def memory_vs_routes(sizes: list[int], events_per_route: int) -> dict[str, Any]:
 
 def refit_cost(fits: int) -> dict[str, Any]:
     from sentinel_stream.config import Settings
-    from sentinel_stream.detect.forest import fit_forest
+    from sentinel_stream.detect.fit import fit_forest
     from sentinel_stream.engine import Engine, Event
 
     rng = np.random.default_rng(1)
