@@ -1,32 +1,41 @@
-"""Bounded per-route memory: a ring of the last N events and an LRU table of routes.
+"""Bounded per-route memory: a ring of the last N events, and a sample of older ones.
 
-Both bounds are hard: a window never holds more than its capacity, the table never more
-than its route limit. The table hands what it pushes out to its owner (``on_evict``),
-which counts it, so an operator can tell a quiet route from an evicted one.
+Both bounds are hard: a window never holds more than its capacity, a sample never more
+than its size. Both take memory as they fill, doubling from :data:`FIRST_ROWS` rows up
+to their capacity, so a route seen once holds a few hundred bytes, not a full window (a
+flood of one-off routes is cheap to hold while it lasts); ``nbytes`` is what each
+holds, for the detector's memory budget (:mod:`.routes`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
-
 import numpy as np
 import numpy.typing as npt
 
-V = TypeVar("V")
+FIRST_ROWS = 16
+"""Rows a window or sample allocates first; it doubles from there up to its capacity."""
+
+
+def _grown(data: npt.NDArray[np.float32], rows: int, capacity: int) -> npt.NDArray[np.float32]:
+    """A copy of ``data`` with room for ``rows`` rows: doubled, at most ``capacity``."""
+    size = min(capacity, max(rows, 2 * data.shape[0], FIRST_ROWS))
+    grown = np.empty((size, data.shape[1]), dtype=np.float32)
+    grown[: data.shape[0]] = data
+    return grown
 
 
 class Window:
     """The last ``capacity`` rows of a route's (transformed) features, oldest overwritten.
 
-    Stored as float32: that is what sklearn's trees fit on, so nothing is lost.
+    Stored as float32: that is what sklearn's trees fit on, so nothing is lost. Until it
+    is full, the rows lie in order from the start of a buffer that grows as they come.
     """
 
-    __slots__ = ("_data", "_head", "_size", "total")
+    __slots__ = ("_capacity", "_data", "_head", "_size", "total")
 
     def __init__(self, capacity: int, n_features: int) -> None:
-        self._data = np.zeros((capacity, n_features), dtype=np.float32)
+        self._capacity = capacity
+        self._data = np.empty((0, n_features), dtype=np.float32)
         self._head = 0
         self._size = 0
         self.total = 0
@@ -34,7 +43,12 @@ class Window:
 
     @property
     def capacity(self) -> int:
-        return int(self._data.shape[0])
+        return self._capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of rows allocated (the buffer; its header is the route's overhead)."""
+        return int(self._data.nbytes)
 
     def __len__(self) -> int:
         return self._size
@@ -45,7 +59,9 @@ class Window:
         n = len(rows)
         if n == 0:
             return rows[:0]
-        cap = self.capacity
+        cap = self._capacity
+        if self._size + n > self._data.shape[0] and self._data.shape[0] < cap:
+            self._data = _grown(self._data[: self._size], self._size + n, cap)
         self.total += n
         overflow = self._size + n - cap
         evicted = rows[:0]
@@ -73,62 +89,9 @@ class Window:
 
     def snapshot(self) -> npt.NDArray[np.float32]:
         """A copy of the rows, oldest first (safe to hand to another thread or process)."""
-        if self._size < self.capacity:
+        if self._size < self._capacity:
             return self._data[: self._size].copy()
         return np.concatenate((self._data[self._head :], self._data[: self._head]))
-
-
-class RouteTable(Generic[V]):
-    """Route name -> state, holding at most ``max_routes``; the least recently seen goes first."""
-
-    def __init__(
-        self,
-        max_routes: int,
-        factory: Callable[[str], V],
-        on_evict: Callable[[str, V], None] | None = None,
-    ) -> None:
-        self._items: OrderedDict[str, V] = OrderedDict()
-        self._max = max_routes
-        self._factory = factory
-        self._on_evict = on_evict
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, route: object) -> bool:
-        return route in self._items
-
-    def get(self, route: str) -> V | None:
-        return self._items.get(route)
-
-    def touch(self, route: str) -> V:
-        """The route's state, created if new, marked as most recently seen."""
-        items = self._items
-        state = items.get(route)
-        if state is not None:
-            items.move_to_end(route)
-            return state
-        if len(items) >= self._max:
-            old_route, old_state = items.popitem(last=False)
-            if self._on_evict is not None:
-                self._on_evict(old_route, old_state)
-        state = self._factory(route)
-        items[route] = state
-        return state
-
-    def replace(self, route: str, state: V) -> None:
-        """Hold ``state`` for a route already in the table (as most recently seen)."""
-        if route not in self._items:
-            raise KeyError(route)
-        self._items[route] = state
-        self._items.move_to_end(route)
-
-    def remove(self, route: str) -> V | None:
-        """Take a route out without calling ``on_evict``: it is not an eviction."""
-        return self._items.pop(route, None)
-
-    def oldest_first(self) -> Iterator[tuple[str, V]]:
-        return iter(list(self._items.items()))
 
 
 class Reservoir:
@@ -138,7 +101,8 @@ class Reservoir:
     A recent window alone forgets what normal looked like before a long burst; the
     reservoir keeps a fixed-size memory of the older history at the same cost per row.
     It samples only rows the window no longer holds, so no row counts twice in a fit,
-    and it takes no memory until the route first outgrows its window.
+    and it takes no memory until the route first outgrows its window (then it grows as
+    it fills, as the window does).
     """
 
     __slots__ = ("_capacity", "_data", "_n_features", "_rng", "_seed", "_size", "seen")
@@ -155,16 +119,28 @@ class Reservoir:
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of rows allocated (see :attr:`Window.nbytes`)."""
+        return 0 if self._data is None else int(self._data.nbytes)
+
+    @property
+    def sampling(self) -> bool:
+        """Whether it holds a random generator (from its first row on)."""
+        return self._rng is not None
+
     def extend(self, rows: npt.NDArray[np.float32]) -> None:
         cap = self._capacity
         n = len(rows)
         if n == 0 or cap == 0:
             return
         if self._data is None or self._rng is None:
-            self._data = np.zeros((cap, self._n_features), dtype=np.float32)
+            self._data = np.empty((0, self._n_features), dtype=np.float32)
             self._rng = np.random.default_rng(self._seed)
         fill = min(cap - self._size, n)
         if fill > 0:
+            if self._size + fill > self._data.shape[0]:
+                self._data = _grown(self._data[: self._size], self._size + fill, cap)
             self._data[self._size : self._size + fill] = rows[:fill]
             self._size += fill
         rest = rows[fill:]
@@ -180,8 +156,7 @@ class Reservoir:
     def load(self, rows: npt.NDArray[np.float32], seen: int) -> None:
         """Hold exactly ``rows`` as the sample of ``seen`` rows (a restored state)."""
         n = min(len(rows), self._capacity)
-        self._data = np.zeros((self._capacity, self._n_features), dtype=np.float32)
-        self._data[:n] = rows[:n]
+        self._data = np.array(rows[:n], dtype=np.float32).reshape(n, self._n_features)
         self._size = n
         self.seen = max(seen, n)
         if self._rng is None:

@@ -186,3 +186,44 @@ def test_unreadable_or_malformed_properties_file_names_the_variable(
     monkeypatch.setenv("SENTINEL_KAFKA_PROPERTIES_FILE", str(bad))
     with pytest.raises(ConfigError, match=r"SENTINEL_KAFKA_PROPERTIES_FILE.*:2"):
         load_settings().kafka_common()
+
+
+def test_refit_workers_default_to_what_the_cpus_spare() -> None:
+    from sentinel_stream.config import MAX_DEFAULT_REFIT_WORKERS, default_refit_workers
+
+    assert [default_refit_workers(c) for c in (1, 2, 3, 5, 64)] == [1, 1, 2, 4, 4]
+    assert MAX_DEFAULT_REFIT_WORKERS == 4
+    assert load_settings().refit_workers == default_refit_workers()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_container_cpu_quota_caps_the_cpus(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    from sentinel_stream.config import usable_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    want = affinity if expected is None else min(affinity, expected)
+    assert usable_cpus(tmp_path) == want
+
+
+def test_the_memory_budget_is_read_in_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sentinel_stream.detect.params import DetectorParams
+
+    assert load_settings().memory_max_mb == 512
+    monkeypatch.setenv("SENTINEL_MEMORY_MAX_MB", "64")
+    assert DetectorParams.from_settings(load_settings()).max_bytes == 64 * 2**20
+    assert "SENTINEL_MEMORY_MAX_MB" in config_error(monkeypatch, SENTINEL_MEMORY_MAX_MB="8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentinel_stream.detect.window import Reservoir, RouteTable, Window
+from sentinel_stream.detect.window import Reservoir, Window
 
 
 def test_window_keeps_last_rows_in_order() -> None:
@@ -15,13 +15,6 @@ def test_window_keeps_last_rows_in_order() -> None:
     assert len(w) == 5 and w.total == 8
     w.extend(np.arange(20, 32, dtype=np.float32).reshape(-1, 1))
     assert w.snapshot().ravel().tolist() == [27, 28, 29, 30, 31]
-
-
-def test_route_table_evicts_least_recently_seen() -> None:
-    evicted: list[str] = []
-    t: RouteTable[int] = RouteTable(2, lambda r: 0, lambda r, v: evicted.append(r))
-    t.touch("a"), t.touch("b"), t.touch("a"), t.touch("c")
-    assert evicted == ["b"] and "a" in t and "c" in t and len(t) == 2
 
 
 def test_the_window_hands_what_leaves_it_to_the_long_memory() -> None:
