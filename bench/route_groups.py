@@ -3,7 +3,8 @@
 At 10,000 events/s spread over hundreds of routes, a route has 1-3 events per poll, and
 what ``Detector.score_and_learn`` costs per call (the Python around the kernel, small
 arrays, the kernel call itself) matters more than what it costs per event. This
-benchmark warms ``--routes`` routes until each has a model, then times
+benchmark warms ``--routes`` routes until each has a model and a full window (its long
+memory sampling what leaves it, as on a route that has run for a while), then times
 ``score_and_learn`` on 1-3 rows per call, round-robin over the routes, as the service
 calls it (``learn=True``, the Kafka door) and as the HTTP door does (``learn=False``).
 
@@ -34,6 +35,7 @@ from sentinel_stream.detect.refit import FitResult, RequestFactory, fit_route
 from sentinel_stream.detect.rules import telemetry_rules
 
 POOL = 8
+WARM_ROWS = 1100
 
 
 class PoolRefitter:
@@ -107,11 +109,13 @@ def warmed(routes: int) -> Detector:
         seed=1,
     )
     d = Detector(params, telemetry_rules(20.0, 5), PoolRefitter(pool))
-    warm = telemetry(rng, 200)
+    # Past a full window (1,000 rows): the long memory samples what leaves it, as on a
+    # route that has run for a while.
+    warm = telemetry(rng, WARM_ROWS)
     for r in range(routes):
-        for start in range(0, 200, 50):
+        for start in range(0, WARM_ROWS, 100):
             d.install_completed()
-            d.score_and_learn(f"/route/{r}", warm[start : start + 50])
+            d.score_and_learn(f"/route/{r}", warm[start : start + 100])
     d.install_completed()
     assert d.models_trained == routes, d.models_trained
     return d

@@ -73,7 +73,7 @@ import numpy.typing as npt
 
 from sentinel_stream.detect.baseline import Baseline
 from sentinel_stream.detect.forest import CompiledForest
-from sentinel_stream.detect.kernels import score_route
+from sentinel_stream.detect.kernels import Judged, judge_route, score_route
 from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, Refitter, RequestFactory
 from sentinel_stream.detect.routes import FrequencySketch, Reason, RouteTable, TableStats
@@ -151,6 +151,8 @@ class RouteState:
     x 2**refit_backoff admitted rows apart."""
     held: int = 0
     """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
+    settled: bool = False
+    """Its window and long memory are full: what it holds changes only with its model."""
 
 
 def held_bytes(state: RouteState) -> int:
@@ -167,9 +169,11 @@ def held_bytes(state: RouteState) -> int:
     return n
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scored:
-    """One route's batch after scoring: arrays per row, the rest per batch."""
+    """One route's batch after scoring: arrays per row, the rest per batch. Not changed
+    once made (not frozen: a frozen dataclass costs a microsecond more to make, on every
+    route group)."""
 
     scores: npt.NDArray[np.float64]
     flags: npt.NDArray[np.bool_]
@@ -298,6 +302,8 @@ class Detector:
         # Fits see the model columns only: one-sided columns as positions among them.
         self._one_sided = tuple(self._cols.tolist().index(c) for c in params.one_sided)
         self._drift_max = max(params.drift_events or 5 * params.history_max, 1)
+        self._least_wait = min(params.min_history, params.refit_every)
+        """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
 
     # -- state -------------------------------------------------------------------------
@@ -389,39 +395,41 @@ class Detector:
         model = state.model
         if state.rule_reference is None:
             self._set_rule_reference(state)
-        detector: DetectorName
+        assert state.rule_reference is not None and state.rule_scale is not None
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        # One kernel call scores the rows, flags them and says which may teach (rows
+        # the rules flag, or scored learn_margin above the threshold, do not).
         if model is not None:
             if learn:
                 self._models.move_to_end(route)
             threshold = model.threshold
-            detector, version = "isolation_forest", model.version
+            j = judge_route(
+                rows, state.rule_reference, state.rule_scale, model.forest, self._cols,
+                threshold, RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin,
+                model.tail_score,
+            )  # fmt: skip
+            scored = Scored(
+                j.scores, j.flags, j.deviations, threshold, "isolation_forest", model.version,
+                len(state.window), state.baseline,
+            )  # fmt: skip
         else:
             threshold = RULES_THRESHOLD
-            detector, version = "rules", None
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        scores, deviations = self._score(state, rows)
-        flags = scores >= threshold
-        scored = Scored(
-            scores=scores,
-            flags=flags,
-            rule_deviations=deviations,
-            threshold=threshold,
-            detector=detector,
-            model_version=version,
-            window_size=len(state.window),
-            baseline=state.baseline,
-        )
-        n_flagged = int(flags.sum())
-        self.stats.rows_scored += len(rows)
-        self.stats.rows_flagged += n_flagged
+            j = judge_route(
+                rows, state.rule_reference, state.rule_scale, None, self._cols, threshold,
+                RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin, np.inf,
+            )  # fmt: skip
+            scored = Scored(
+                j.scores, j.flags, j.deviations, threshold, "rules", None, len(state.window),
+                state.baseline,
+            )  # fmt: skip
+        n = len(rows)
+        self.stats.rows_scored += n
+        self.stats.rows_flagged += j.n_flagged
         if learn:
-            teach = scores < threshold + self.params.learn_margin
-            if n_flagged:
-                teach &= ~self.rules.fires(deviations)
             if model is not None:
-                state.tail_hits += int(np.count_nonzero(scores >= model.tail_score))
-                state.scored_since_fit += len(scores)
-            self._learn(route, state, rows, teach, n_flagged)
+                state.tail_hits += j.n_tail
+                state.scored_since_fit += n
+            self._learn(route, state, rows, j)
         return scored
 
     def _score(self, state: RouteState, rows: Rows) -> tuple[F64, F64]:
@@ -441,28 +449,21 @@ class Detector:
             self.rules.sum_excess,
         )
 
-    def _learn(
-        self,
-        route: str,
-        state: RouteState,
-        rows: Rows,
-        teach: npt.NDArray[np.bool_],
-        n_flagged: int,
-    ) -> None:
-        admitted = self._admit(state, rows, teach, n_flagged)
-        if len(admitted) == 0:
+    def _learn(self, route: str, state: RouteState, rows: Rows, j: Judged) -> None:
+        admitted = self._admit(state, rows, j)
+        if admitted == 0:
             return
         if self.changes is not None:
             self.changes.rows.add(route)
         self._refresh_baseline(state)
-        held = held_bytes(state)
-        if held != state.held:
-            self._routes.resize(route, held)  # may evict other routes (the budget)
+        if not state.settled:  # its window or sample still grows
+            held = held_bytes(state)
+            if held != state.held:
+                self._routes.resize(route, held)  # may evict other routes (the budget)
+            state.settled = state.window.full and (state.memory is None or state.memory.full)
         self._request_fit_if_due(route, state)
 
-    def _admit(
-        self, state: RouteState, rows: Rows, teach: npt.NDArray[np.bool_], n_flagged: int
-    ) -> Rows:
+    def _admit(self, state: RouteState, rows: Rows, j: Judged) -> int:
         """Add the rows that teach to the window (what leaves it, to the long memory).
 
         The flag rate is a moving average over five times as many rows as the route has
@@ -473,17 +474,21 @@ class Detector:
         n = len(rows)
         patience = min(max(DRIFT_PER_LEARNT * state.window.total, self._drift_min), self._drift_max)
         keep = (1.0 - 1.0 / patience) ** n
-        state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (n_flagged / n)
-        admitted = rows if (state.flag_rate > 0.5 or teach.all()) else rows[teach]
-        if len(admitted) == 0:
-            return admitted
+        state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (j.n_flagged / n)
+        if j.n_teach == n or state.flag_rate > 0.5:
+            admitted = rows
+        elif j.n_teach == 0:
+            return 0
+        else:
+            admitted = rows[j.teach]
         evicted = state.window.extend(admitted)
-        if state.memory is not None:
+        if state.memory is not None and len(evicted):
             state.memory.extend(evicted)
-        self.stats.rows_admitted += len(admitted)
-        state.admitted_since_fit += len(admitted)
-        state.admitted_since_baseline += len(admitted)
-        return admitted
+        k = len(admitted)
+        self.stats.rows_admitted += k
+        state.admitted_since_fit += k
+        state.admitted_since_baseline += k
+        return k
 
     def _refresh_baseline(self, state: RouteState) -> None:
         """Recompute what is typical: often while warming up (the rules depend on it),
@@ -514,6 +519,8 @@ class Detector:
         first = state.versions == 0
         if first:
             due = len(state.window) >= p.min_history
+        elif state.admitted_since_fit < self._least_wait:
+            return  # no refit comes sooner (and nothing in _refit_wait changes before)
         else:
             due = state.admitted_since_fit >= self._refit_wait(state)
             if due and p.refit_min_interval_s > 0:

@@ -9,6 +9,8 @@ request. This kernel does the same arithmetic in one call, row by row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
@@ -152,6 +154,49 @@ def onto_threshold(scores: F64, source: float, target: float) -> F64:
     return mapped
 
 
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def _forest_score(
+    x: F32,
+    i: int,
+    rule: float,
+    cols: npt.NDArray[np.intp],
+    floor: F32,
+    v: F32,
+    nodes: I16,
+    split: F32,
+    root: I16,
+    tree_start: npt.NDArray[np.int32],
+    table: F64,
+    floor_path: float,
+    denominator: float,
+    model_threshold: float,
+    rules_threshold: float,
+) -> float:  # pragma: no cover - compiled
+    """Row ``i``'s forest score, or its rule score mapped onto the forest's threshold
+    if higher (the rules stay on as a floor under the model)."""
+    at_floor = True
+    for f in range(v.shape[0]):
+        v[f] = max(x[i, cols[f]], floor[f])
+        at_floor = at_floor and v[f] == floor[f]
+    if at_floor:  # typical in every feature (one-sided): known without a walk
+        total = floor_path
+    elif v.shape[0] == 2:
+        total = _path_length_2(v, nodes, split, root, tree_start, table)
+    else:
+        total = 0.0
+        for t in range(root.shape[0]):
+            total += tree_path_length(v, t, nodes, split, root, tree_start, table)
+    forest = 1.0 if denominator == 0 else 2.0 ** (-(total / denominator))
+    if rule < rules_threshold:
+        mapped = rule * (model_threshold / rules_threshold)
+    else:
+        mapped = model_threshold + (rule - rules_threshold) * (
+            (1.0 - model_threshold) / (1.0 - rules_threshold)
+        )
+    score: float = max(forest, mapped)
+    return score
+
+
 @njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
 def _score_route(
     x: F32,
@@ -169,11 +214,16 @@ def _score_route(
     model_threshold: float,
     rules_threshold: float,
     sum_excess: bool,
+    learn_margin: float,
+    tail_score: float,
     scores: F64,
     deviations: F64,
-) -> None:  # pragma: no cover - compiled
+    flags: npt.NDArray[np.bool_],
+    teach: npt.NDArray[np.bool_],
+) -> tuple[int, int, int]:  # pragma: no cover - compiled
     n_trees = root.shape[0]
     v = np.empty(floor.shape[0], dtype=np.float32)
+    n_flagged = n_teach = n_tail = 0
     for i in range(x.shape[0]):
         worst = -np.inf
         excess = 0.0
@@ -182,30 +232,92 @@ def _score_route(
             deviations[i, f] = d
             worst = max(worst, d)
             excess += max(d, 0.0)
-        rule = min(max((excess if sum_excess else worst) / 2.0, 0.0), 1.0)
+        combined = excess if sum_excess else worst
+        rule = min(max(combined / 2.0, 0.0), 1.0)
         if n_trees == 0:
-            scores[i] = rule
-            continue
-        at_floor = True
-        for f in range(v.shape[0]):
-            v[f] = max(x[i, cols[f]], floor[f])
-            at_floor = at_floor and v[f] == floor[f]
-        if at_floor:  # typical in every feature (one-sided): known without a walk
-            total = floor_path
-        elif v.shape[0] == 2:
-            total = _path_length_2(v, nodes, split, root, tree_start, table)
+            score = rule
         else:
-            total = 0.0
-            for t in range(n_trees):
-                total += tree_path_length(v, t, nodes, split, root, tree_start, table)
-        forest = 1.0 if denominator == 0 else 2.0 ** (-(total / denominator))
-        if rule < rules_threshold:
-            mapped = rule * (model_threshold / rules_threshold)
-        else:
-            mapped = model_threshold + (rule - rules_threshold) * (
-                (1.0 - model_threshold) / (1.0 - rules_threshold)
-            )
-        scores[i] = max(forest, mapped)
+            score = _forest_score(
+                x, i, rule, cols, floor, v, nodes, split, root, tree_start, table, floor_path,
+                denominator, model_threshold, rules_threshold,
+            )  # fmt: skip
+        scores[i] = score
+        # The verdict, and whether the row may teach: not when the rules alone flag it,
+        # nor when it scores learn_margin or more above the threshold.
+        flagged = score >= model_threshold
+        teaches = score < model_threshold + learn_margin and not (combined >= 2.0 * rules_threshold)
+        flags[i] = flagged
+        teach[i] = teaches
+        n_flagged += flagged
+        n_teach += teaches
+        n_tail += score >= tail_score
+    return n_flagged, n_teach, n_tail
+
+
+@dataclass(slots=True)
+class Judged:
+    """A route's batch as the kernel judged it (see :func:`judge_route`)."""
+
+    scores: F64
+    deviations: F64
+    """Per row and feature, how far above the rules' reference, in the rules' unit."""
+    flags: npt.NDArray[np.bool_]
+    """``score >= threshold``."""
+    teach: npt.NDArray[np.bool_]
+    """Rows that may teach: below ``threshold + learn_margin`` and not flagged by the
+    rules alone."""
+    n_flagged: int
+    n_teach: int
+    n_tail: int
+    """Rows scored at or above ``tail_score``."""
+
+
+def judge_route(
+    rows: F32,
+    reference: F64,
+    scale: F64,
+    forest: CompiledForest | None,
+    cols: npt.NDArray[np.intp],
+    threshold: float,
+    rules_threshold: float,
+    sum_excess: bool,
+    learn_margin: float,
+    tail_score: float,
+) -> Judged:
+    """Score ``rows`` (:func:`score_route`) and judge them in the same pass: the flags
+    at ``threshold`` (the forest's, or ``rules_threshold`` without one), the rows that
+    may teach, and the counts the detector keeps, so that a route's batch costs one
+    kernel call and no further array operations."""
+    n = rows.shape[0]
+    scores = np.empty(n)
+    deviations = np.empty((n, rows.shape[1]))
+    flags = np.empty(n, dtype=np.bool_)
+    teach = np.empty(n, dtype=np.bool_)
+    f = forest if forest is not None else _NO_FOREST
+    n_flagged, n_teach, n_tail = _score_route(
+        rows,
+        reference,
+        scale,
+        cols,
+        f.floor,
+        f.nodes,
+        f.split,
+        f.root,
+        f.tree_start,
+        PATH_TABLE,
+        f.floor_path,
+        f.denominator,
+        threshold if forest is not None else rules_threshold,
+        rules_threshold,
+        sum_excess,
+        learn_margin,
+        tail_score,
+        scores,
+        deviations,
+        flags,
+        teach,
+    )
+    return Judged(scores, deviations, flags, teach, n_flagged, n_teach, n_tail)
 
 
 def score_route(
@@ -221,30 +333,11 @@ def score_route(
     """(scores, rule deviations) of ``rows``: the rules alone without a forest, else
     ``max(forest score, rule score mapped onto the forest's threshold)``. ``reference``
     and ``scale`` are the route's rule reference and unit of deviation per feature."""
-    n = rows.shape[0]
-    scores = np.empty(n)
-    deviations = np.empty((n, rows.shape[1]))
-    f = forest if forest is not None else _NO_FOREST
-    _score_route(
-        rows,
-        reference,
-        scale,
-        cols,
-        f.floor,
-        f.nodes,
-        f.split,
-        f.root,
-        f.tree_start,
-        PATH_TABLE,
-        f.floor_path,
-        f.denominator,
-        model_threshold if forest is not None else rules_threshold,
-        rules_threshold,
-        sum_excess,
-        scores,
-        deviations,
-    )
-    return scores, deviations
+    j = judge_route(
+        rows, reference, scale, forest, cols, model_threshold, rules_threshold, sum_excess,
+        0.0, np.inf,
+    )  # fmt: skip
+    return j.scores, j.deviations
 
 
 def _tiny_forest() -> CompiledForest:

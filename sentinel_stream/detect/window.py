@@ -14,6 +14,9 @@ import numpy.typing as npt
 
 FIRST_ROWS = 16
 """Rows a window or sample allocates first; it doubles from there up to its capacity."""
+SMALL = 8
+"""Up to this many rows, a sample draws its slots one at a time (see
+:meth:`Reservoir.extend`)."""
 
 
 def _grown(data: npt.NDArray[np.float32], rows: int, capacity: int) -> npt.NDArray[np.float32]:
@@ -50,6 +53,10 @@ class Window:
         """Bytes of rows allocated (the buffer; its header is the route's overhead)."""
         return int(self._data.nbytes)
 
+    @property
+    def full(self) -> bool:
+        return self._size == self._capacity
+
     def __len__(self) -> int:
         return self._size
 
@@ -68,7 +75,10 @@ class Window:
         if overflow > 0:
             kept = min(overflow, self._size)
             oldest = (self._head - self._size) % cap
-            evicted = self._data[(oldest + np.arange(kept)) % cap]
+            if oldest + kept <= cap:  # the common case: one slice, no index arrays
+                evicted = self._data[oldest : oldest + kept].copy()
+            else:
+                evicted = self._data[(oldest + np.arange(kept)) % cap]
             if overflow > kept:  # rows that pass straight through a too-small window
                 evicted = np.concatenate((evicted, rows[: overflow - kept]))
         if n >= cap:
@@ -125,6 +135,10 @@ class Reservoir:
         return 0 if self._data is None else int(self._data.nbytes)
 
     @property
+    def full(self) -> bool:
+        return self._size == self._capacity
+
+    @property
     def sampling(self) -> bool:
         """Whether it holds a random generator (from its first row on)."""
         return self._rng is not None
@@ -143,14 +157,23 @@ class Reservoir:
                 self._data = _grown(self._data[: self._size], self._size + fill, cap)
             self._data[self._size : self._size + fill] = rows[:fill]
             self._size += fill
-        rest = rows[fill:]
-        if len(rest):
+        rest = n - fill
+        if rest > SMALL:
             # Row number t (0-based, over all rows seen) replaces a random slot with
             # probability cap / (t + 1).
-            t = self.seen + fill + np.arange(len(rest))
-            slots = (self._rng.random(len(rest)) * (t + 1)).astype(np.int64)
+            rank = self.seen + fill + np.arange(rest)
+            slots = (self._rng.random(rest) * (rank + 1)).astype(np.int64)
             keep = slots < cap
-            self._data[slots[keep]] = rest[keep]
+            self._data[slots[keep]] = rows[fill:][keep]
+        elif rest:
+            # The same draws one at a time (a few rows: array operations cost more than
+            # the rows): the same generator output in the same order, the same sample.
+            data, rng, seen = self._data, self._rng, self.seen + fill
+            for k in range(fill, n):
+                seen += 1
+                slot = int(rng.random() * seen)
+                if slot < cap:
+                    data[slot] = rows[k]
         self.seen += n
 
     def load(self, rows: npt.NDArray[np.float32], seen: int) -> None:
