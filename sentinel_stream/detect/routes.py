@@ -78,11 +78,17 @@ class FrequencySketch:
         return (h & m, w + ((h + g) & m), 2 * w + ((h + 2 * g) & m), 3 * w + ((h + 3 * g) & m))
 
     def add(self, key: str) -> None:
-        """Count one arrival of ``key``."""
+        """Count one arrival of ``key`` (on every route group: kept to plain int ops)."""
         table, cap = self._table, self.CAP
-        for slot in self._slots(key):
-            if table[slot] < cap:
-                table[slot] += 1
+        a, b, c, d = self._slots(key)
+        if table[a] < cap:
+            table[a] += 1
+        if table[b] < cap:
+            table[b] += 1
+        if table[c] < cap:
+            table[c] += 1
+        if table[d] < cap:
+            table[d] += 1
         self._added += 1
         if self._added >= self._sample:
             self._halve()

@@ -64,9 +64,18 @@ class Window:
         """Append rows in order; when full, the oldest rows are overwritten. Returns the
         rows that left the window (oldest first), for the long memory."""
         n = len(rows)
+        cap, head = self._capacity, self._head
+        if self._size == cap and 0 < n and head + n <= cap:
+            # A full window, the rows fit before its end: the steady state, in two
+            # slices (what the general path below does, without its index arithmetic).
+            data = self._data
+            evicted = data[head : head + n].copy()
+            data[head : head + n] = rows
+            self._head = (head + n) % cap
+            self.total += n
+            return evicted
         if n == 0:
             return rows[:0]
-        cap = self._capacity
         if self._size + n > self._data.shape[0] and self._data.shape[0] < cap:
             self._data = _grown(self._data[: self._size], self._size + n, cap)
         self.total += n
