@@ -33,19 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sentinel_stream.detect.detector import Detector
 from sentinel_stream.detect.params import DetectorParams
-from sentinel_stream.detect.refit import FitResult, RequestFactory, fit_route
+from sentinel_stream.detect.refit import FitResult, InlineRefitter, RequestFactory, fit_route
 from sentinel_stream.detect.rules import telemetry_rules
 
 POOL = 8
 WARM_ROWS = 1100
 
 
-class PoolRefitter:
-    """Answers every fit with one of a few models fitted up front (a Refitter)."""
+class PoolRefitter(InlineRefitter):
+    """Answers every fit at once with one of a few models fitted up front."""
 
     def __init__(self, results: list[FitResult]) -> None:
+        super().__init__()
         self._pool = results
-        self._done: list[FitResult] = []
         self._n = 0
 
     def submit(self, route: str, first: bool, make: RequestFactory) -> None:
@@ -65,21 +65,6 @@ class PoolRefitter:
                 tail_score=model.tail_score,
             )
         )
-
-    def collect(self) -> list[FitResult]:
-        done, self._done = self._done, []
-        return done
-
-    @property
-    def queued(self) -> int:
-        return 0
-
-    @property
-    def running(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        self._done.clear()
 
 
 def telemetry(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -145,7 +145,7 @@ class DetectorParams:
 
 
 MIB = 1 << 20
-DEFAULT_MEMORY_MAX_MB = 512
+DEFAULT_MEMORY_MAX_MB = 384
 """The default memory budget of the detector (``SENTINEL_MEMORY_MAX_MB``): see the
 setting's description for why."""
 

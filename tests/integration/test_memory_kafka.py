@@ -4,8 +4,6 @@ broker, real HTTP."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.kafka import event, produce, read_all, wait_for
-from tests.support.service import running_service, scrape
+from tests.support.service import analyze, running_service, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -22,17 +20,6 @@ WARM = [f"/warm/{i}" for i in range(20)]
 FLOOD_KAFKA = 10_000
 FLOOD_HTTP = 1_500
 BUDGET_MB = 16
-
-
-def post(port: int, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/analyze-flow",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer: dict[str, Any] = json.loads(resp.read())
-        return answer
 
 
 def metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
@@ -108,7 +95,7 @@ def test_a_flood_of_one_off_routes_keeps_the_warm_routes_models(
             ],
         )
         for i in range(FLOOD_HTTP):
-            answer = post(
+            answer = analyze(
                 port, {"latency": 100.0, "input_length": 500, "errors": 0, "route": f"/once/h{i}"}
             )
             assert answer["detector"] == "rules"
@@ -125,7 +112,7 @@ def test_a_flood_of_one_off_routes_keeps_the_warm_routes_models(
         assert {v["detector"] for v in after.values()} == {"isolation_forest"}
         for r in WARM:
             assert after[r]["model_version"] >= before[r]["model_version"]
-            answer = post(port, {"latency": 100.0, "input_length": 500, "errors": 0, "route": r})
+            answer = analyze(port, {"latency": 100.0, "input_length": 500, "errors": 0, "route": r})
             assert answer["detector"] == "isolation_forest", (r, answer)
 
         text = scrape(port)

@@ -223,7 +223,7 @@ def test_a_container_cpu_quota_caps_the_cpus(
 def test_the_memory_budget_is_read_in_mib(monkeypatch: pytest.MonkeyPatch) -> None:
     from sentinel_stream.detect.params import DetectorParams
 
-    assert load_settings().memory_max_mb == 512
+    assert load_settings().memory_max_mb == 384
     monkeypatch.setenv("SENTINEL_MEMORY_MAX_MB", "64")
     assert DetectorParams.from_settings(load_settings()).max_bytes == 64 * 2**20
     assert "SENTINEL_MEMORY_MAX_MB" in config_error(monkeypatch, SENTINEL_MEMORY_MAX_MB="8")
