@@ -139,6 +139,18 @@ def produce(bootstrap: str, topic: str, routes: list[str], per_route: int, seed:
     return n
 
 
+def settled(port: int, routes: int) -> bool:
+    """Every route has a model and no fit waits, or (a budget that cannot hold every
+    model) no fit is queued or running, twice in a row a few seconds apart."""
+    m = metrics(port)
+    if m.get("sentinel_refits_pending", 1) != 0:
+        return False
+    if m.get("sentinel_models_trained", 0) >= routes:
+        return True
+    time.sleep(3)
+    return metrics(port).get("sentinel_refits_pending", 1) == 0
+
+
 class Peak:
     """The largest RSS sum of the tree, sampled every half second in a thread."""
 
@@ -286,14 +298,7 @@ def run_phases(
     wait_until(
         "phase 1 scored", lambda: snapshot("", proc.pid, port)["events"] >= sent, args.timeout
     )
-    wait_until(
-        "every route's model",
-        lambda: (
-            (s := metrics(port)).get("sentinel_models_trained", 0) >= args.routes
-            and s.get("sentinel_refits_pending", 1) == 0
-        ),
-        args.timeout,
-    )
+    wait_until("the fits to finish", lambda: settled(port, args.routes), args.timeout)
     label = f"after {args.routes:,} routes x {args.events:,} events"
     rows.append(snapshot(label, proc.pid, port, peak.take()))
     report(rows[-1])

@@ -284,8 +284,14 @@ class Detector:
         self.stats = DetectorStats()
         self.changes: Changes | None = None
         """Set by whoever keeps the state changelog; None: nothing is recorded."""
-        sketch = FrequencySketch(params.max_routes)
-        # The budget holds the sketch too (a fixed few bytes per route of the bound).
+        self._new_bytes = ROUTE_BYTES + BASELINE_BYTES + FIRST_ROWS * params.n_features * 4
+        """What a new route holds after its first batch: the room admission asks for."""
+        # The sketch counts as many routes as the table can hold (by count, or by bytes
+        # at their smallest), and the budget holds the sketch too (4 bytes a route).
+        held_at_most = params.max_routes
+        if params.max_bytes is not None:
+            held_at_most = min(held_at_most, max(params.max_bytes // self._new_bytes, 1))
+        sketch = FrequencySketch(held_at_most)
         budget = None if params.max_bytes is None else max(params.max_bytes - sketch.nbytes, 0)
         self._routes: RouteTable[RouteState] = RouteTable(
             params.max_routes, budget, self._new_state, self._on_evict, sketch
@@ -293,8 +299,6 @@ class Detector:
         self._models: OrderedDict[str, None] = OrderedDict()
         self._cold = self._new_state("")
         """The state a route the table does not hold is scored with (never learns)."""
-        self._new_bytes = ROUTE_BYTES + BASELINE_BYTES + FIRST_ROWS * params.n_features * 4
-        """What a new route holds after its first batch: the room admission asks for."""
         cols = params.model_features
         self._cols = np.asarray(
             cols if cols is not None else range(params.n_features), dtype=np.intp

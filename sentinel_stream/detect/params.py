@@ -146,8 +146,10 @@ class DetectorParams:
 
 MIB = 1 << 20
 DEFAULT_MEMORY_MAX_MB = 384
-"""The default memory budget of the detector (``SENTINEL_MEMORY_MAX_MB``): see the
-setting's description for why."""
+"""The default memory budget of the detector (``SENTINEL_MEMORY_MAX_MB``), sized for a
+1 GiB container: beside it, the process at rest, a refit worker, librdkafka's fetch
+queue and the allocator's overhead on what the detector holds (the README's *Memory*
+gives the figures, measured by ``bench/memory.py``)."""
 
 GENERIC_SCORE_FLOOR = 0.5
 """The least threshold for features of unknown meaning: a score of 0.5 is a row exactly as

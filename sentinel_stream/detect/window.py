@@ -65,7 +65,7 @@ class Window:
         rows that left the window (oldest first), for the long memory."""
         n = len(rows)
         cap, head = self._capacity, self._head
-        if self._size == cap and 0 < n and head + n <= cap:
+        if self._size == cap and n > 0 and head + n <= cap:
             # A full window, the rows fit before its end: the steady state, in two
             # slices (what the general path below does, without its index arithmetic).
             data = self._data

@@ -372,3 +372,13 @@ def test_a_refused_route_is_scored_by_the_cold_rules_and_learns_nothing() -> Non
     assert d.route_state("/new") is None and d.table_stats.refused == 1
     assert scored.detector == "rules" and scored.window_size == 0 and scored.flags[0]
     assert d.stats.rows_admitted == 30  # the refused row taught nothing
+
+
+def test_the_frequency_sketch_is_sized_by_what_the_budget_can_hold() -> None:
+    # A count bound far beyond what the bytes allow must not size the sketch (4 bytes a
+    # route of the bound would eat a small budget whole).
+    d = small_detector(max_routes=10_000_000, max_models=10, max_bytes=2_000_000)
+    assert d._routes.sketch.nbytes <= 4 * 2048
+    assert d.memory_bytes < 2_000_000
+    feed(d, "/a", telemetry_rows(100, seed=1))
+    assert d.route_state("/a") is not None
