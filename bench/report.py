@@ -180,6 +180,23 @@ def headline(res: dict[str, Any]) -> list[dict[str, str]]:
             f"{_n(small['routes'])} routes: {_n(small['events_per_s'])} events/s, "
             f"RSS {_n(small['rss_end_mib'])} MiB",
         )
+    mem = res.get("memory")
+    if isinstance(mem, dict) and len(mem.get("rows", [])) == 3:
+        rest, warm, flood = mem["rows"]
+        add(
+            f"memory of the `run` process tree: {warm['phase'][6:]}, then {flood['phase'][6:]}",
+            f"RSS {_n(warm['rss_mib'])} MiB, then {_n(flood['rss_mib'])} MiB "
+            f"(detector {_n(flood['detector_bytes_mib'])} of {_n(flood['budget_mib'])} MiB; "
+            f"{_n(flood['models'])} models kept)",
+            f"at rest {_n(rest['rss_mib'])} MiB",
+        )
+    ref = res.get("refit")
+    if isinstance(ref, dict) and "model_bytes_compiled" in ref:
+        add(
+            "one model (100 trees)",
+            f"{_n(ref['model_bytes_compiled'])} bytes",
+            f"scikit-learn's pickled IsolationForest {_n(ref['model_bytes_sklearn_pickle'])} bytes",
+        )
     return rows
 
 

@@ -23,8 +23,9 @@ each a script that also runs alone:
 - ``refit``: a model's size, and scoring latency while routes refit (worker vs inline);
 - ``quality``: detection quality and the fit cost (``bench/detection_quality.py``), KDD
   and synthetic against the reference figures in ``bench/results/quality_reference.json``;
-- ``memory``: ``bench/memory.py``, when it exists (run as ``bench/memory.py --json
-  [--quick]``; a ``markdown`` field in its JSON goes into the report as is).
+- ``memory``: a real ``sentinel-stream run`` tree's RSS through N routes and a flood of
+  one-off routes (``bench/memory.py``; the ``markdown`` field of its JSON goes into the
+  report as is).
 
 ``--only stream,http`` re-runs some sections and keeps the others' results from the last
 run's ``results.json`` in the same directory; ``--render`` only writes the report again.
@@ -77,6 +78,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "http_seconds": 2,
         "rewarm_routes": "20",
         "rewarm_rate": 1000,
+        "memory_routes": 100,
+        "memory_flood": 5_000,
         "chaos": "smoke",
         "refit_batches": 40,
         "quality_sets": ["thyroid"],
@@ -97,6 +100,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "http_seconds": 8,
         "rewarm_routes": "100,1000",
         "rewarm_rate": 5000,
+        "memory_routes": 1000,
+        "memory_flood": 100_000,
         "chaos": "short",
         "refit_batches": 150,
         "quality_sets": list(detection_quality.SETS),
@@ -210,7 +215,7 @@ def chaos(sz: dict[str, Any], mode: str) -> Any:
 def refit(sz: dict[str, Any]) -> dict[str, Any]:
     """A model's bytes, and what refitting does to the latency of scoring a batch."""
     from sentinel_stream.config import Settings
-    from sentinel_stream.detect.forest import fit_forest
+    from sentinel_stream.detect.fit import fit_forest
     from sentinel_stream.engine import Engine, Event
 
     rng = np.random.default_rng(1)
@@ -288,11 +293,18 @@ def set_reference(res: dict[str, Any], commit: str) -> None:
     res["reference"] = doc
 
 
-def memory(sz: dict[str, Any], quick: bool) -> Any:
-    """The hook for ``bench/memory.py``: its JSON, whatever it measures."""
-    if not (ROOT / "bench" / "memory.py").exists():
-        return None
-    return run_json(script("memory.py", *(["--quick"] if quick else [])), 3600)
+def memory(sz: dict[str, Any], bootstrap: str) -> Any:
+    """``bench/memory.py``: a real process tree's memory through two phases."""
+    cmd = script(
+        "memory.py",
+        "--bootstrap",
+        bootstrap,
+        "--routes",
+        str(sz["memory_routes"]),
+        "--flood",
+        str(sz["memory_flood"]),
+    )
+    return run_json(cmd, 3600)
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -386,6 +398,7 @@ def main() -> int:
         section("scaling", lambda: scaling(sz, bootstrap))
         section("http", lambda: http(sz, bootstrap))
         section("rewarm", lambda: rewarm(sz, bootstrap))
+        section("memory", lambda: memory(sz, bootstrap))
 
     if {"stream", "profile", "scaling", "http", "rewarm"} & set(todo):
         if args.bootstrap:
@@ -398,7 +411,6 @@ def main() -> int:
     section("chaos", lambda: chaos(sz, chaos_mode))
     section("refit", lambda: refit(sz))
     section("quality", lambda: quality(sz))
-    section("memory", lambda: memory(sz, args.quick))
     if args.set_quality_reference and "error" not in (res.get("quality") or {"error": 1}):
         set_reference(res["quality"], commit)
     (out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")

@@ -24,9 +24,52 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sentinel_stream.detect.params import DEFAULT_MEMORY_MAX_MB
 from sentinel_stream.detect.params import DEFAULTS as _D
 
 KAFKA_OPT_PREFIX = "SENTINEL_KAFKA_OPT_"
+
+
+MAX_DEFAULT_REFIT_WORKERS = 4
+"""At most this many refit workers by default: each holds its own ~150 MiB (numpy,
+scikit-learn), and a few keep thousands of routes refit (see the README)."""
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on: its affinity, capped by the container's CPU quota
+    (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``/``cfs_period_us``), which the
+    affinity does not show (a pod limited to 2 CPUs on a 64-core node sees 64)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(int(quota), 1))
+    return cpus
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """The cgroup CPU quota in CPUs, or None without one."""
+    try:
+        text = (cgroup / "cpu.max").read_text().split()
+        if len(text) == 2 and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        if text:
+            return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def default_refit_workers(cpus: int | None = None) -> int:
+    """SENTINEL_REFIT_WORKERS when unset: what the machine can spare beside the consumer
+    loop (one CPU), at least 1, at most :data:`MAX_DEFAULT_REFIT_WORKERS` (1 on 2 CPUs)."""
+    n = usable_cpus() if cpus is None else cpus
+    return min(max(n - 1, 1), MAX_DEFAULT_REFIT_WORKERS)
 
 
 class ConfigError(Exception):
@@ -171,6 +214,17 @@ class Settings(BaseSettings):
     max_models: Annotated[
         int, Field(ge=1, description="trained models kept at once; least recently seen dropped")
     ] = _D.max_models
+    memory_max_mb: Annotated[
+        int,
+        Field(
+            ge=16,
+            le=1_048_576,
+            description="MiB the detector may hold (windows, samples, models, baselines); "
+            "beyond it the routes seen least often are evicted, and a new route is "
+            "admitted only if seen more often than the route it would push out (both "
+            "counted)",
+        ),
+    ] = DEFAULT_MEMORY_MAX_MB
 
     # Detector
     contamination: Annotated[
@@ -202,9 +256,14 @@ class Settings(BaseSettings):
     refit_min_interval_s: Annotated[
         float, Field(ge=0, description="least seconds between two refits of one route")
     ] = _D.refit_min_interval_s
-    refit_workers: Annotated[
-        int, Field(ge=0, le=64, description="refit processes; 0 refits inline (tests, evaluate)")
-    ] = 1
+    refit_workers: int = Field(
+        default_factory=lambda: default_refit_workers(),
+        ge=0,
+        le=64,
+        description="refit processes; 0 refits inline (tests, evaluate). Default: the CPUs "
+        "this process may use (its affinity, capped by a cgroup CPU quota) less one for "
+        f"the consumer loop, at least 1 and at most {MAX_DEFAULT_REFIT_WORKERS}",
+    )
     n_estimators: Annotated[int, Field(ge=1, le=1000, description="trees per model")] = (
         _D.n_estimators
     )

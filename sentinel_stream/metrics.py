@@ -302,8 +302,36 @@ class _DetectorCollector(Collector):
         )
         yield CounterMetricFamily(
             "sentinel_routes_evicted",
-            "routes evicted by SENTINEL_MAX_ROUTES",
+            "routes evicted by SENTINEL_MAX_ROUTES or SENTINEL_MEMORY_MAX_MB",
             value=st.routes_evicted,
+        )
+        table = d.table_stats
+        yield CounterMetricFamily(
+            "sentinel_routes_evicted_memory",
+            "routes evicted to stay within SENTINEL_MEMORY_MAX_MB (counted in "
+            "sentinel_routes_evicted_total too)",
+            value=table.evicted_memory,
+        )
+        yield CounterMetricFamily(
+            "sentinel_routes_refused",
+            "new routes not admitted: the detector was full of routes seen more often "
+            "(their events were scored by the cold rules)",
+            value=table.refused,
+        )
+        yield GaugeMetricFamily(
+            "sentinel_detector_memory_bytes",
+            "bytes the detector holds: route windows, samples, models, baselines",
+            value=d.memory_bytes,
+        )
+        yield GaugeMetricFamily(
+            "sentinel_detector_memory_budget_bytes",
+            "SENTINEL_MEMORY_MAX_MB in bytes",
+            value=d.params.max_bytes or 0,
+        )
+        yield GaugeMetricFamily(
+            "sentinel_models_bytes",
+            "bytes of the installed models' compiled forests",
+            value=d.model_bytes(),
         )
         yield CounterMetricFamily(
             "sentinel_models_dropped",

@@ -48,9 +48,15 @@ The policy, in the order a batch meets it:
 6. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
    quantile of its training rows' out-of-bag scores, read from a generalised Pareto
    tail (:mod:`.threshold`), never below ``score_floor``.
-7. **Bounded.** At most ``max_routes`` routes (least recently seen evicted) and
-   ``max_models`` trained models (the least recently seen route's model dropped; the
-   route is scored by rules until it is refit). Both are counted.
+7. **Bounded, in routes and in bytes.** Every route's bytes (window, long memory,
+   model, baseline and a measured per-route overhead: :func:`held_bytes`) are reported
+   to the route table as they change, and the table holds at most ``max_routes``
+   routes and ``max_bytes`` bytes (:mod:`.routes`): a new route is admitted only if it
+   is seen more often than the route it would push out (a flood of one-off routes
+   evicts nothing that is seen often); a refused route is scored as a route with no
+   state. At most ``max_models`` trained models (the least recently seen route's model
+   dropped; the route is scored by rules until it is refit). Evictions, refusals and
+   dropped models are counted.
 """
 
 from __future__ import annotations
@@ -67,12 +73,13 @@ import numpy.typing as npt
 
 from sentinel_stream.detect.baseline import Baseline
 from sentinel_stream.detect.forest import CompiledForest
-from sentinel_stream.detect.kernels import score_route
+from sentinel_stream.detect.kernels import Judged, judge_route, score_route
 from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, Refitter, RequestFactory
+from sentinel_stream.detect.routes import FrequencySketch, Reason, RouteTable, TableStats
 from sentinel_stream.detect.rules import RULE_MIN_HISTORY, RULES_THRESHOLD, RuleScorer
 from sentinel_stream.detect.threshold import TAIL
-from sentinel_stream.detect.window import Reservoir, RouteTable, Window
+from sentinel_stream.detect.window import FIRST_ROWS, Reservoir, Window
 
 Rows = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -90,6 +97,19 @@ this many windows of admitted rows."""
 BASELINE_REFRESH = 16
 """During warm-up, the baseline is recomputed every this many admitted rows (after it,
 at every ``refit_every``)."""
+
+
+ROUTE_BYTES = 800
+"""What a route holds beside its arrays' data, measured with tracemalloc
+(``tests/unit/test_detector.py`` checks the accounting against it): its state, window
+and sample objects and their array headers, its name and its place in the table."""
+BASELINE_BYTES = 1200
+"""A baseline (five arrays of quantiles) and the rules' reference and unit arrays."""
+MODEL_BYTES = 900
+"""A model's objects and array headers, beside its forest's array data."""
+SAMPLER_BYTES = 900
+"""The long memory's random generator (from the route's first row that leaves its
+window)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +149,31 @@ class RouteState:
     refit_backoff: int = 0
     """Refits of a mature route whose traffic has not moved come ``refit_every``
     x 2**refit_backoff admitted rows apart."""
+    held: int = 0
+    """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
+    settled: bool = False
+    """Its window and long memory are full: what it holds changes only with its model."""
 
 
-@dataclass(frozen=True, slots=True)
+def held_bytes(state: RouteState) -> int:
+    """What a route's state holds in memory: its arrays' data and a measured overhead
+    per part. O(1): called whenever a part grows or is replaced, never as a scan."""
+    n = ROUTE_BYTES + state.window.nbytes
+    memory = state.memory
+    if memory is not None:
+        n += memory.nbytes + (SAMPLER_BYTES if memory.sampling else 0)
+    if state.baseline is not None:
+        n += BASELINE_BYTES
+    if state.model is not None:
+        n += MODEL_BYTES + state.model.forest.nbytes
+    return n
+
+
+@dataclass(slots=True)
 class Scored:
-    """One route's batch after scoring: arrays per row, the rest per batch."""
+    """One route's batch after scoring: arrays per row, the rest per batch. Not changed
+    once made (not frozen: a frozen dataclass costs a microsecond more to make, on every
+    route group)."""
 
     scores: npt.NDArray[np.float64]
     flags: npt.NDArray[np.bool_]
@@ -159,10 +199,12 @@ class Changes:
     """Routes that installed a model."""
     evicted: list[str] = field(default_factory=list)
     """Routes pushed out by the bounds."""
+    refused: set[str] = field(default_factory=set)
+    """Routes that arrived and were not admitted (the detector holds nothing of them)."""
 
     def take(self) -> Changes:
-        taken = Changes(self.rows, self.models, self.evicted)
-        self.rows, self.models, self.evicted = set(), set(), []
+        taken = Changes(self.rows, self.models, self.evicted, self.refused)
+        self.rows, self.models, self.evicted, self.refused = set(), set(), [], set()
         return taken
 
 
@@ -174,6 +216,8 @@ class DetectorStats:
     rows_flagged: int = 0
     rows_admitted: int = 0
     routes_evicted: int = 0
+    """Routes evicted by either bound (``max_routes``, ``max_bytes``: see the table's
+    stats for which)."""
     models_dropped: int = 0
     models_installed: int = 0
     fits_discarded: int = 0
@@ -240,10 +284,21 @@ class Detector:
         self.stats = DetectorStats()
         self.changes: Changes | None = None
         """Set by whoever keeps the state changelog; None: nothing is recorded."""
+        self._new_bytes = ROUTE_BYTES + BASELINE_BYTES + FIRST_ROWS * params.n_features * 4
+        """What a new route holds after its first batch: the room admission asks for."""
+        # The sketch counts as many routes as the table can hold (by count, or by bytes
+        # at their smallest), and the budget holds the sketch too (4 bytes a route).
+        held_at_most = params.max_routes
+        if params.max_bytes is not None:
+            held_at_most = min(held_at_most, max(params.max_bytes // self._new_bytes, 1))
+        sketch = FrequencySketch(held_at_most)
+        budget = None if params.max_bytes is None else max(params.max_bytes - sketch.nbytes, 0)
         self._routes: RouteTable[RouteState] = RouteTable(
-            params.max_routes, self._new_state, self._on_evict
+            params.max_routes, budget, self._new_state, self._on_evict, sketch
         )
         self._models: OrderedDict[str, None] = OrderedDict()
+        self._cold = self._new_state("")
+        """The state a route the table does not hold is scored with (never learns)."""
         cols = params.model_features
         self._cols = np.asarray(
             cols if cols is not None else range(params.n_features), dtype=np.intp
@@ -251,6 +306,8 @@ class Detector:
         # Fits see the model columns only: one-sided columns as positions among them.
         self._one_sided = tuple(self._cols.tolist().index(c) for c in params.one_sided)
         self._drift_max = max(params.drift_events or 5 * params.history_max, 1)
+        self._least_wait = min(params.min_history, params.refit_every)
+        """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
 
     # -- state -------------------------------------------------------------------------
@@ -264,7 +321,7 @@ class Detector:
             memory=Reservoir(size, p.n_features, seed) if size > 0 else None,
         )
 
-    def _on_evict(self, route: str, state: RouteState) -> None:
+    def _on_evict(self, route: str, state: RouteState, reason: Reason) -> None:
         self.stats.routes_evicted += 1
         self._models.pop(route, None)
         if self.changes is not None:
@@ -278,11 +335,11 @@ class Detector:
         """Put a restored state in the table, replacing the route's; what is derived
         (the rule reference, a baseline the state lacks) is derived again."""
         self.drop([route])
-        self._routes.touch(route)  # make room (bounds apply) ...
-        self._routes.replace(route, state)  # ... then hold the restored state
         if state.baseline is None:
             self._refresh_baseline(state)
         state.rule_reference = None  # derived from the baseline at the next score
+        state.held = held_bytes(state)
+        self._routes.put(route, state)  # always held: room is made by the policy
         if state.model is not None:
             self._models[route] = None
             self._trim_models()
@@ -302,6 +359,17 @@ class Detector:
     def models_trained(self) -> int:
         return len(self._models)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the detector holds: every route's (:func:`held_bytes`) and the table's
+        frequency sketch."""
+        return self._routes.nbytes + self._routes.sketch.nbytes
+
+    @property
+    def table_stats(self) -> TableStats:
+        """Evictions by bound and refusals (see :mod:`.routes`)."""
+        return self._routes.stats
+
     def rows_in_windows(self) -> int:
         """Events held in all route windows (the v1 API's ``history_size``)."""
         return sum(len(s.window) for _, s in self._routes.oldest_first())
@@ -316,49 +384,56 @@ class Detector:
 
         Without ``learn`` (a door that only asks, HTTP) an unknown route is scored as a
         cold one and takes no place in the table: asking about a flood of new routes
-        evicts nothing.
+        evicts nothing. With ``learn``, a new route the table refuses (it is full of
+        routes seen more often: :mod:`.routes`) is scored the same way.
         """
-        if learn:
-            state = self._routes.touch(route)
+        found = self._routes.touch(route, self._new_bytes) if learn else self._routes.get(route)
+        if found is None:
+            state = self._cold
+            if learn:
+                learn = False
+                if self.changes is not None:
+                    self.changes.refused.add(route)
         else:
-            found = self._routes.get(route)
-            state = found if found is not None else self._new_state(route)
+            state = found
         model = state.model
         if state.rule_reference is None:
             self._set_rule_reference(state)
-        detector: DetectorName
+        assert state.rule_reference is not None and state.rule_scale is not None
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        # One kernel call scores the rows, flags them and says which may teach (rows
+        # the rules flag, or scored learn_margin above the threshold, do not).
         if model is not None:
             if learn:
                 self._models.move_to_end(route)
             threshold = model.threshold
-            detector, version = "isolation_forest", model.version
+            j = judge_route(
+                rows, state.rule_reference, state.rule_scale, model.forest, self._cols,
+                threshold, RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin,
+                model.tail_score,
+            )  # fmt: skip
+            scored = Scored(
+                j.scores, j.flags, j.deviations, threshold, "isolation_forest", model.version,
+                len(state.window), state.baseline,
+            )  # fmt: skip
         else:
             threshold = RULES_THRESHOLD
-            detector, version = "rules", None
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        scores, deviations = self._score(state, rows)
-        flags = scores >= threshold
-        scored = Scored(
-            scores=scores,
-            flags=flags,
-            rule_deviations=deviations,
-            threshold=threshold,
-            detector=detector,
-            model_version=version,
-            window_size=len(state.window),
-            baseline=state.baseline,
-        )
-        n_flagged = int(flags.sum())
-        self.stats.rows_scored += len(rows)
-        self.stats.rows_flagged += n_flagged
+            j = judge_route(
+                rows, state.rule_reference, state.rule_scale, None, self._cols, threshold,
+                RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin, np.inf,
+            )  # fmt: skip
+            scored = Scored(
+                j.scores, j.flags, j.deviations, threshold, "rules", None, len(state.window),
+                state.baseline,
+            )  # fmt: skip
+        n = len(rows)
+        self.stats.rows_scored += n
+        self.stats.rows_flagged += j.n_flagged
         if learn:
-            teach = scores < threshold + self.params.learn_margin
-            if n_flagged:
-                teach &= ~self.rules.fires(deviations)
             if model is not None:
-                state.tail_hits += int(np.count_nonzero(scores >= model.tail_score))
-                state.scored_since_fit += len(scores)
-            self._learn(route, state, rows, teach, n_flagged)
+                state.tail_hits += j.n_tail
+                state.scored_since_fit += n
+            self._learn(route, state, rows, j)
         return scored
 
     def _score(self, state: RouteState, rows: Rows) -> tuple[F64, F64]:
@@ -378,25 +453,21 @@ class Detector:
             self.rules.sum_excess,
         )
 
-    def _learn(
-        self,
-        route: str,
-        state: RouteState,
-        rows: Rows,
-        teach: npt.NDArray[np.bool_],
-        n_flagged: int,
-    ) -> None:
-        admitted = self._admit(state, rows, teach, n_flagged)
-        if len(admitted) == 0:
+    def _learn(self, route: str, state: RouteState, rows: Rows, j: Judged) -> None:
+        admitted = self._admit(state, rows, j)
+        if admitted == 0:
             return
         if self.changes is not None:
             self.changes.rows.add(route)
         self._refresh_baseline(state)
+        if not state.settled:  # its window or sample still grows
+            held = held_bytes(state)
+            if held != state.held:
+                self._routes.resize(route, held)  # may evict other routes (the budget)
+            state.settled = state.window.full and (state.memory is None or state.memory.full)
         self._request_fit_if_due(route, state)
 
-    def _admit(
-        self, state: RouteState, rows: Rows, teach: npt.NDArray[np.bool_], n_flagged: int
-    ) -> Rows:
+    def _admit(self, state: RouteState, rows: Rows, j: Judged) -> int:
         """Add the rows that teach to the window (what leaves it, to the long memory).
 
         The flag rate is a moving average over five times as many rows as the route has
@@ -407,17 +478,21 @@ class Detector:
         n = len(rows)
         patience = min(max(DRIFT_PER_LEARNT * state.window.total, self._drift_min), self._drift_max)
         keep = (1.0 - 1.0 / patience) ** n
-        state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (n_flagged / n)
-        admitted = rows if (state.flag_rate > 0.5 or teach.all()) else rows[teach]
-        if len(admitted) == 0:
-            return admitted
+        state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (j.n_flagged / n)
+        if j.n_teach == n or state.flag_rate > 0.5:
+            admitted = rows
+        elif j.n_teach == 0:
+            return 0
+        else:
+            admitted = rows[j.teach]
         evicted = state.window.extend(admitted)
-        if state.memory is not None:
+        if state.memory is not None and len(evicted):
             state.memory.extend(evicted)
-        self.stats.rows_admitted += len(admitted)
-        state.admitted_since_fit += len(admitted)
-        state.admitted_since_baseline += len(admitted)
-        return admitted
+        k = len(admitted)
+        self.stats.rows_admitted += k
+        state.admitted_since_fit += k
+        state.admitted_since_baseline += k
+        return k
 
     def _refresh_baseline(self, state: RouteState) -> None:
         """Recompute what is typical: often while warming up (the rules depend on it),
@@ -448,6 +523,8 @@ class Detector:
         first = state.versions == 0
         if first:
             due = len(state.window) >= p.min_history
+        elif state.admitted_since_fit < self._least_wait:
+            return  # no refit comes sooner (and nothing in _refit_wait changes before)
         else:
             due = state.admitted_since_fit >= self._refit_wait(state)
             if due and p.refit_min_interval_s > 0:
@@ -575,6 +652,7 @@ class Detector:
             self._models.move_to_end(result.route)
             if self.changes is not None:
                 self.changes.models.add(result.route)
+            self._routes.resize(result.route, held_bytes(state))
             self._trim_models()
         return installed
 
@@ -584,7 +662,16 @@ class Detector:
             old_state = self._routes.get(old)
             if old_state is not None:
                 old_state.model = None
+                self._routes.resize(old, held_bytes(old_state))
             self.stats.models_dropped += 1
+
+    def model_bytes(self) -> int:
+        """Bytes of the installed models' forests (a scan of the models: for scrapes)."""
+        return sum(
+            s.model.forest.nbytes
+            for r in self._models
+            if (s := self._routes.get(r)) is not None and s.model is not None
+        )
 
     def oldest_model_age(self, now: float | None = None) -> float:
         """Seconds since the oldest installed model was fitted (0 with none)."""

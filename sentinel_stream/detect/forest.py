@@ -1,24 +1,34 @@
-"""IsolationForest models in a form that scores fast, one event or thousands.
+"""IsolationForest models in a form that scores fast and holds only what it needs.
 
 scikit-learn's ``IsolationForest.score_samples`` pays a fixed cost per call whatever the
 number of rows (a joblib dispatch over every tree, milliseconds: see the benchmark
 report), so a service that scores as events arrive, a few per route per poll, cannot
-call it. We fit with scikit-learn and score
-with :class:`CompiledForest`: the fitted trees laid out as complete binary trees of the
-forest's depth limit, walked by a small compiled kernel (numba) with no branches on
-tree shape. ``tests/unit/test_forest.py`` proves the scores equal sklearn's bit for bit inside
-the training ranges, and what the module says beyond them.
+call it. We fit with scikit-learn (:mod:`.fit`) and score with :class:`CompiledForest`:
+the fitted trees' real nodes in a few flat arrays, walked by a compiled kernel
+(:mod:`.kernels`, numba) on the hot path and by the NumPy walk here when a fit scores
+its own training rows. ``tests/unit/test_forest.py`` proves the scores equal sklearn's
+bit for bit inside the training ranges, and what the module says beyond them.
 
-Layout, per tree, for depth ``D`` (sklearn's ``ceil(log2(max_samples))``):
+This module needs NumPy only: a refit worker, which lays out and scores what it fits,
+loads neither numba nor the service, and the main process, which scores, never loads
+scikit-learn.
 
-- ``feature[t, i]`` and ``threshold[t, i]`` for the ``2**D - 1`` internal slots, in
-  heap order (children of ``i`` at ``2i+1``, ``2i+2``). A slot under a real leaf gets
-  threshold ``+inf`` so that the walk passes through it to the leaf's bottom slots.
-- ``leaf_code[t, j]`` for the ``2**D`` bottom slots: an index into one shared table of
-  path lengths, ``depth + c(n) - 1`` exactly as sklearn computes it (2 bytes a leaf,
-  not 8).
-- ``low[t, i]`` and ``high[t, i]``: the range each split was drawn from (below). A
-  model's size, against sklearn's pickled one, is in the benchmark report.
+**Layout.** Only split nodes are stored, every tree's in pre-order, trees end to end:
+
+- ``nodes[k] = (feature, left, right)`` (int16): the split's feature and its children.
+  A child that splits is its index among its tree's split nodes (never 0: that is the
+  root); a leaf is ``-n``, minus the number of training rows it holds (at least 1). A
+  leaf's path length, ``depth + c(n) - 1`` exactly as sklearn computes it, is read from
+  one shared table by its depth (known from the walk) and ``n``;
+- ``split[k] = (threshold, low, high)`` (float32): the split's threshold, and the range
+  it was drawn from (below);
+- ``tree_start[t]``: where tree ``t``'s split nodes begin; ``root[t]``: 0, or ``-n`` for
+  a tree whose root is a leaf (every row it was fit on was the same).
+
+An isolation tree of 256 rows has about a quarter as many split nodes as the complete
+binary tree of its depth limit, which the previous layout stored in full: the bytes per
+model, before and after, are in the benchmark report (``bench/forest_layout.py``). The
+int16 children bound a tree's rows by 4096 (``max_samples``).
 
 Thresholds are stored as float32 rounded down. sklearn compares float32 inputs with
 float64 thresholds; for a float32 ``x``, ``x <= t`` holds exactly when ``x <= rd32(t)``,
@@ -29,7 +39,7 @@ smallest and largest value its node's samples hold. A point far outside that ran
 never separated by the split: it follows the most extreme training points down the
 tree and scores like them, so a request 50 times slower than usual scores no higher than
 the slowest normal one (the forest "saturates"). With ``low``/``high`` (each split's
-range, kept when the forest is compiled with its training rows) the kernel asks, at
+range, kept when the forest is compiled with its training rows) the walk asks, at
 every split, what the split would have done had it been drawn over the range with the
 point in it: the point would have been cut off alone with probability
 ``gap / (gap + range)``, ending its path there. The path length is the expectation of
@@ -45,23 +55,31 @@ about how rare it is.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
-from sklearn.ensemble import IsolationForest
-from sklearn.tree import ExtraTreeRegressor
+
+if TYPE_CHECKING:  # the fit side imports scikit-learn; scoring never does
+    from sklearn.ensemble import IsolationForest
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+I16 = npt.NDArray[np.int16]
 
-_N_MAX = 4096
+N_MAX = 4096
 """The largest ``max_samples`` supported; a leaf holds at most this many rows."""
 _DEPTH_MAX = 12
-_ALL_TREES = np.zeros((0, 0), dtype=np.bool_)
-"""``in_bag`` for :func:`_path_lengths` meaning: every tree scores every row."""
+PATH_WIDTH = N_MAX + 1
+"""Row length of :data:`PATH_TABLE`: a leaf at depth ``d`` holding ``n`` rows reads
+``PATH_TABLE[d * PATH_WIDTH + n]``."""
+THRESHOLD, LOW, HIGH = range(3)
+"""Columns of :attr:`CompiledForest.split`."""
+FEATURE, LEFT, RIGHT = range(3)
+"""Columns of :attr:`CompiledForest.nodes`."""
+_NO_TREES = np.zeros((0, 0), dtype=np.bool_)
+"""``in_bag`` for :meth:`CompiledForest.path_lengths` meaning: every tree scores every row."""
 
 
 def average_path_length(n: int) -> float:
@@ -74,135 +92,59 @@ def average_path_length(n: int) -> float:
 
 
 def _path_table() -> F64:
-    """table[d * (N+1) + n] = d + c(n) - 1, with d the sklearn node depth (root = 1)."""
-    width = _N_MAX + 1
-    c = np.array([average_path_length(n) for n in range(width)])
-    table = np.empty((_DEPTH_MAX + 2) * width)
+    """table[d * PATH_WIDTH + n] = d + c(n) - 1, with d the sklearn node depth (root = 1)."""
+    c = np.array([average_path_length(n) for n in range(PATH_WIDTH)])
+    table = np.empty((_DEPTH_MAX + 2) * PATH_WIDTH)
     for d in range(_DEPTH_MAX + 2):
         # Same operation order as sklearn: (depth + c) - 1.0, in float64.
-        table[d * width : (d + 1) * width] = (float(d) + c) - 1.0
+        table[d * PATH_WIDTH : (d + 1) * PATH_WIDTH] = (float(d) + c) - 1.0
     return table
 
 
 PATH_TABLE: F64 = _path_table()
 
 
-@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
-def tree_path_length(
-    v: F32,
-    t: int,
-    feature: npt.NDArray[np.int8],
-    threshold: F32,
-    low: F32,
-    high: F32,
-    leaf_code: npt.NDArray[np.uint16],
-    table: F64,
-    depth: int,
-) -> float:  # pragma: no cover - compiled
-    """The expected path length in tree ``t`` of a row whose model features, already
-    raised to their floors, are ``v`` (see the module doc)."""
-    node = 0
-    path = 0.0
-    alive = 1.0
-    for level in range(depth):
-        x = v[feature[t, node]]
-        if x > threshold[t, node]:
-            hi = np.float64(high[t, node])
-            if x > hi:
-                q = (x - hi) / (x - np.float64(low[t, node]))
-                path += alive * q * (level + 1)
-                alive *= 1.0 - q
-            node = 2 * node + 2
-        else:
-            lo = np.float64(low[t, node])
-            if x < lo:
-                q = (lo - x) / (np.float64(high[t, node]) - x)
-                path += alive * q * (level + 1)
-                alive *= 1.0 - q
-            node = 2 * node + 1
-    n_internal = (1 << depth) - 1
-    leaf: float = table[leaf_code[t, node - n_internal]]
-    return path + alive * leaf
-
-
-@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
-def model_row(
-    x: F32, i: int, cols: npt.NDArray[np.intp], floor: F32, out: F32
-) -> None:  # pragma: no cover - compiled
-    """Row ``i``'s model features, each raised to its floor, into ``out``."""
-    for f in range(out.shape[0]):
-        out[f] = max(x[i, cols[f]], floor[f])
-
-
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
-def _path_lengths(
-    x: F32,
-    in_bag: npt.NDArray[np.bool_],
-    floor: F32,
-    feature: npt.NDArray[np.int8],
-    threshold: F32,
-    low: F32,
-    high: F32,
-    leaf_code: npt.NDArray[np.uint16],
-    table: F64,
-    depth: int,
-    out: F64,
-) -> None:  # pragma: no cover - compiled
-    """Total path length of each row over all trees; with ``in_bag`` (trees, rows), over
-    the trees that did not sample the row, scaled to all trees (all of them if every
-    tree sampled it)."""
-    cols = np.arange(x.shape[1])
-    n_trees = feature.shape[0]
-    out_of_bag_only = in_bag.shape[1] > 0
-    v = np.empty(x.shape[1], dtype=np.float32)
-    for i in range(x.shape[0]):
-        model_row(x, i, cols, floor, v)
-        oob = 0.0
-        used = 0
-        if out_of_bag_only:  # the trees that sampled the row are not walked at all
-            for t in range(n_trees):
-                if not in_bag[t, i]:
-                    oob += tree_path_length(
-                        v, t, feature, threshold, low, high, leaf_code, table, depth
-                    )
-                    used += 1
-        if used > 0:
-            out[i] = oob * n_trees / used
-            continue
-        total = 0.0
-        for t in range(n_trees):
-            total += tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
-        out[i] = total
-
-
 @dataclass(frozen=True, slots=True, repr=False)
 class CompiledForest:
-    """A fitted isolation forest, ready to score; immutable so it can be swapped whole."""
+    """A fitted isolation forest, ready to score; immutable so it can be swapped whole.
 
-    feature: npt.NDArray[np.int8]
-    threshold: F32
-    leaf_code: npt.NDArray[np.uint16]
+    Plain arrays and scalars only: a snapshot writes it field by field.
+    """
+
+    nodes: I16
+    """(split nodes, 3): feature, left child, right child (see the module doc)."""
+    split: F32
+    """(split nodes, 3): threshold, low, high. ``low``/``high``: the smallest and largest
+    value of the split's feature among the node's training rows (``-inf``/``inf`` where
+    not known: the split then scores as sklearn's)."""
+    root: I16
+    tree_start: npt.NDArray[np.int32]
     depth: int
+    """The deepest split node's depth (root 0): a walk ends within ``depth + 1`` steps."""
     denominator: float
     n_features: int
-    low: F32
-    """Per split, the smallest value of its feature among the node's training samples
-    (``-inf`` where not known: the split then scores as sklearn's)."""
-    high: F32
     floor: F32
     """Per feature, the value below which it counts as typical (``-inf``: two-sided)."""
+    floor_path: float = math.nan
+    """The total path length of the row at every floor (typical in every feature): a row
+    at or below every floor scores this at once, without a walk. ``nan`` with a
+    two-sided feature (no row is at its floor, ``-inf``)."""
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        arrays = (self.feature, self.threshold, self.leaf_code, self.low, self.high, self.floor)
+        arrays = (self.nodes, self.split, self.root, self.tree_start, self.floor)
         object.__setattr__(self, "nbytes", int(sum(a.nbytes for a in arrays)))
 
     def __repr__(self) -> str:
-        return f"CompiledForest(trees={self.n_trees}, depth={self.depth}, bytes={self.nbytes})"
+        return f"CompiledForest(trees={self.n_trees}, splits={self.n_splits}, bytes={self.nbytes})"
 
     @property
     def n_trees(self) -> int:
-        return int(self.feature.shape[0])
+        return int(self.root.shape[0])
+
+    @property
+    def n_splits(self) -> int:
+        return int(self.nodes.shape[0])
 
     def score(self, x: npt.ArrayLike) -> F64:
         """Anomaly scores in (0, 1], higher = more anomalous: sklearn's ``-score_samples``
@@ -210,25 +152,84 @@ class CompiledForest:
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         if x32.ndim != 2 or x32.shape[1] != self.n_features:
             raise ValueError(f"expected shape (n, {self.n_features}), got {x32.shape}")
-        return self.scores_of(self.path_lengths(x32, _ALL_TREES))
+        return self.scores_of(self.path_lengths(x32, _NO_TREES))
 
     def path_lengths(self, x32: F32, in_bag: npt.NDArray[np.bool_]) -> F64:
-        """Each row's total path length (see :func:`_path_lengths` for ``in_bag``)."""
-        out = np.zeros(x32.shape[0])
-        _path_lengths(
-            x32,
-            in_bag,
-            self.floor,
-            self.feature,
-            self.threshold,
-            self.low,
-            self.high,
-            self.leaf_code,
-            PATH_TABLE,
-            self.depth,
-            out,
-        )
-        return out
+        """Each row's total path length over all trees; with ``in_bag`` (trees, rows),
+        over the trees that did not sample the row, scaled to all trees (all of them if
+        every tree sampled it). Summed tree by tree in order, as the kernel sums."""
+        v = np.maximum(x32, self.floor)
+        n_rows, n_trees = len(v), self.n_trees
+        total = np.zeros(n_rows)
+        if in_bag.shape[1] == 0:
+            every = self.tree_path_lengths(v)
+            for t in range(n_trees):
+                total += every[t]
+            return total
+        out_of_bag = ~in_bag
+        used = out_of_bag.sum(axis=0)
+        lengths = np.zeros((n_trees, n_rows))
+        lengths[out_of_bag] = self.tree_path_lengths(v, out_of_bag)
+        for t in range(n_trees):
+            total += lengths[t]  # an in-bag tree adds 0.0: the sum is unchanged
+        scaled: F64 = total * n_trees / np.maximum(used, 1)
+        everywhere = used == 0
+        if everywhere.any():
+            scaled[everywhere] = self.path_lengths(x32[everywhere], _NO_TREES)
+        return scaled
+
+    def tree_path_lengths(self, v: F32, pairs: npt.NDArray[np.bool_] | None = None) -> F64:
+        """The expected path length of each row (features already raised to their
+        floors) in each tree: (trees, rows), or, with ``pairs`` (trees, rows), the
+        selected pairs in that order. The kernel's arithmetic, one level of every (tree,
+        row) pair at a time; a pair that reached its leaf waits at a node of its own
+        (one past the end) until every pair has."""
+        n_rows, n_trees = len(v), self.n_trees
+        trees = np.repeat(np.arange(n_trees, dtype=np.int32), n_rows)
+        rows = np.tile(np.arange(n_rows, dtype=np.int32), n_trees)
+        if pairs is not None:
+            chosen = pairs.reshape(-1)
+            trees, rows = trees[chosen], rows[chosen]
+        n_features = v.shape[1]
+        end = self.n_splits  # the waiting node: never beyond its range, its own child
+        feature = np.append(self.nodes[:, FEATURE].astype(np.int32), 0)
+        links = np.append(self.nodes[:, LEFT:].astype(np.int32).reshape(-1), [0, 0])
+        threshold = np.append(self.split[:, THRESHOLD], np.float32(np.inf))
+        lows = np.append(self.split[:, LOW], np.float32(-np.inf))
+        highs = np.append(self.split[:, HIGH], np.float32(np.inf))
+        values = np.ascontiguousarray(v).reshape(-1)
+        at = rows * n_features
+        out = np.empty(len(trees))
+        root = self.root[trees].astype(np.intp)
+        leaf_root = root < 0
+        out[leaf_root] = PATH_TABLE[PATH_WIDTH - root[leaf_root]]
+        base = np.where(leaf_root, end, self.tree_start[trees]).astype(np.int32)
+        node = base.copy()
+        path = np.zeros(len(trees))
+        alive = np.ones(len(trees))
+        walking = len(trees) - int(leaf_root.sum())
+        level = 0
+        while walking:
+            x = values[at + feature[node]]
+            right = x > threshold[node]
+            beyond = np.flatnonzero((x > highs[node]) | (x < lows[node]))
+            if len(beyond):
+                b = node[beyond]
+                xb = x[beyond].astype(np.float64)
+                lo, hi = lows[b].astype(np.float64), highs[b].astype(np.float64)
+                q = np.where(right[beyond], (xb - hi) / (xb - lo), (lo - xb) / (hi - xb))
+                path[beyond] += alive[beyond] * q * (level + 1)
+                alive[beyond] *= 1.0 - q
+            child = links[2 * node + right]
+            level += 1
+            done = np.flatnonzero(child < 0)
+            if len(done):
+                leaf = PATH_TABLE[(level + 1) * PATH_WIDTH - child[done]]
+                out[done] = path[done] + alive[done] * leaf
+                base[done], child[done] = end, 0
+                walking -= len(done)
+            node = base + child
+        return out if pairs is not None else out.reshape(n_trees, n_rows)
 
     def scores_of(self, path_lengths: F64) -> F64:
         """Total path lengths over the trees into scores: ``2 ** (-mean / c(n))``."""
@@ -247,141 +248,104 @@ class CompiledForest:
     ) -> CompiledForest:
         """Lay a fitted sklearn forest out for the kernel.
 
-        With ``x`` (the rows the model was fit on), each split keeps the range it was
-        drawn from, and points beyond it score higher than sklearn scores them; without,
-        the scores are sklearn's everywhere. ``samples`` is the model's
-        ``estimators_samples_`` if the caller has it (sklearn rebuilds it per access).
+        With ``x`` (the rows the model was fit on) and ``samples`` (the rows each tree
+        was fit on, :func:`.fit.in_bag_rows`), each split keeps the range it was drawn
+        from, and points beyond it score higher than sklearn scores them; without, the
+        scores are sklearn's everywhere.
         """
         n_features = int(model.n_features_in_)
         max_samples = int(model._max_samples)
-        if max_samples > _N_MAX:
-            raise ValueError(f"max_samples {max_samples} > {_N_MAX} is not supported")
+        if max_samples > N_MAX:
+            raise ValueError(f"max_samples {max_samples} > {N_MAX} is not supported")
         if getattr(model, "_max_features", n_features) != n_features:
             raise ValueError("feature subsampling (max_features < 1.0) is not supported")
-        depth = max(int(np.ceil(np.log2(max(max_samples, 2)))), 1)
-        n_internal = (1 << depth) - 1
-        n_trees = len(model.estimators_)
-        feature = np.zeros((n_trees, n_internal), dtype=np.int8)
-        threshold = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
-        low = np.full((n_trees, n_internal), -np.inf, dtype=np.float32)
-        high = np.full((n_trees, n_internal), np.inf, dtype=np.float32)
-        leaf_code = np.zeros((n_trees, 1 << depth), dtype=np.uint16)
-        data = None if x is None else np.asarray(x, dtype=np.float32)
         trees = [est.tree_ for est in model.estimators_]
-        sizes = np.array([t.node_count for t in trees], dtype=np.intp)
-        offsets = np.zeros(n_trees + 1, dtype=np.intp)
-        np.cumsum(sizes, out=offsets[1:])
-        # Every tree's node arrays end to end, laid out by one compiled walk.
-        _lay_out(
-            offsets,
-            np.concatenate([t.children_left for t in trees]).astype(np.intp),
-            np.concatenate([t.children_right for t in trees]).astype(np.intp),
-            np.concatenate([t.feature for t in trees]).astype(np.int8),
+        forest = _lay_out(
+            [t.node_count for t in trees],
+            np.concatenate([t.children_left for t in trees]),
+            np.concatenate([t.children_right for t in trees]),
+            np.concatenate([t.feature for t in trees]),
             _round_down_f32(np.concatenate([t.threshold for t in trees])),
-            np.concatenate([t.n_node_samples for t in trees]).astype(np.intp),
-            depth,
-            _N_MAX + 1,
-            feature,
-            threshold,
-            leaf_code,
+            np.concatenate([t.n_node_samples for t in trees]),
+            denominator=len(trees) * average_path_length(max_samples),
+            n_features=n_features,
+            floor=floor,
         )
-        if data is not None:
-            is_split = np.isfinite(threshold)
-            low[is_split], high[is_split] = np.inf, -np.inf
+        if x is not None:
             if samples is None:
-                samples = in_bag_rows(model)
-            _fill_ranges(data, samples, is_split, feature, threshold, low, high, depth)
-        denominator = n_trees * average_path_length(max_samples)
-        floors = np.full(n_features, -np.inf, dtype=np.float32)
-        if floor is not None:
-            floors[:] = np.asarray(floor, dtype=np.float32)
-        return cls(
-            feature, threshold, leaf_code, depth, float(denominator), n_features, low, high, floors
+                raise ValueError("split ranges need the rows each tree was fit on")
+            forest.fill_ranges(np.asarray(x, dtype=np.float32), samples)
+        return forest.with_floor_path()
+
+    def check(self) -> None:
+        """Raise ValueError unless the arrays are a forest the kernel can walk safely
+        (it does not check bounds): what a restored snapshot must pass."""
+        n, trees = self.n_splits, self.n_trees
+        shapes = (
+            (self.nodes, np.int16, (n, 3)),
+            (self.split, np.float32, (n, 3)),
+            (self.root, np.int16, (trees,)),
+            (self.tree_start, np.int32, (trees + 1,)),
+            (self.floor, np.float32, (self.n_features,)),
         )
+        for array, dtype, shape in shapes:
+            if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape:
+                raise ValueError("forest arrays of the wrong type or shape")
+        starts = self.tree_start.astype(np.intp)
+        sizes = np.diff(starts)
+        if starts[0] != 0 or starts[-1] != n or (sizes < 0).any():
+            raise ValueError("forest trees do not tile its nodes")
+        if ((self.root == 0) != (sizes > 0)).any() or (self.root < -N_MAX).any():
+            raise ValueError("forest roots do not match its trees")
+        if n == 0:
+            return
+        if not (
+            self.nodes[:, FEATURE].min() >= 0 and self.nodes[:, FEATURE].max() < self.n_features
+        ):
+            raise ValueError("forest splits name features it does not have")
+        local = np.arange(n) - np.repeat(starts[:-1], sizes)
+        size = np.repeat(sizes, sizes)
+        links = self.nodes[:, LEFT:].astype(np.intp)
+        inner = links > 0
+        # A split child comes after its parent (pre-order), so every walk ends.
+        if ((links == 0) | (links < -N_MAX)).any() or (
+            inner & ((links <= local[:, None]) | (links >= size[:, None]))
+        ).any():
+            raise ValueError("forest children point outside their tree")
+        if _depth(self.nodes, self.root, self.tree_start) >= _DEPTH_MAX:
+            raise ValueError("forest trees deeper than any fit makes")
 
+    def with_floor_path(self) -> CompiledForest:
+        """This forest with :attr:`floor_path` set (once its ranges are final)."""
+        if not np.isfinite(self.floor).all():
+            return self
+        path = float(self.path_lengths(self.floor.reshape(1, -1), _NO_TREES)[0])
+        return replace(self, floor_path=path)
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
-def _fill_ranges(
-    data: F32,
-    samples: npt.NDArray[np.intp],
-    is_split: npt.NDArray[np.bool_],
-    feature: npt.NDArray[np.int8],
-    threshold: F32,
-    low: F32,
-    high: F32,
-    depth: int,
-) -> None:  # pragma: no cover - compiled
-    """Walk each tree's training sample down it, widening every split's (low, high) to
-    the values of its feature that reach it: the range sklearn drew the split from."""
-    for t in range(samples.shape[0]):
-        for k in range(samples.shape[1]):
-            r = samples[t, k]
-            node = 0
-            for _ in range(depth):
-                if not is_split[t, node]:
-                    break
-                v = data[r, feature[t, node]]
-                low[t, node] = min(low[t, node], v)
-                high[t, node] = max(high[t, node], v)
-                if v > threshold[t, node]:
-                    node = 2 * node + 2
-                else:
-                    node = 2 * node + 1
-
-
-class _RecordingTree(ExtraTreeRegressor):  # type: ignore[misc]
-    """scikit-learn's isolation tree, unchanged, that also keeps the rows it was fit on.
-
-    IsolationForest hands each tree its sample as weights over every row (0 for rows not
-    drawn). sklearn's own ``estimators_samples_`` draws the samples again from the
-    seeds, a random generator per tree, about a tenth of a fit's time; the weights the
-    tree was given say the same for free (``tests/unit/test_forest.py`` proves the two
-    equal).
-    """
-
-    def fit(
-        self,
-        X: npt.ArrayLike,
-        y: npt.ArrayLike,
-        sample_weight: npt.ArrayLike | None = None,
-        check_input: bool = True,
-    ) -> _RecordingTree:
-        self.sample_rows_ = None if sample_weight is None else np.flatnonzero(sample_weight)
-        super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
-        return self
-
-
-class _IsolationForest(IsolationForest):  # type: ignore[misc]
-    """sklearn's IsolationForest with :class:`_RecordingTree` trees (same trees, same
-    scores)."""
-
-    def _get_estimator(self) -> ExtraTreeRegressor:
-        return _RecordingTree(**super()._get_estimator().get_params())
-
-
-def in_bag_rows(model: IsolationForest) -> npt.NDArray[np.intp]:
-    """(trees, max_samples): the rows each tree was fit on."""
-    rows = [getattr(est, "sample_rows_", None) for est in model.estimators_]
-    if all(r is not None and len(r) == model._max_samples for r in rows):
-        return np.stack(rows).astype(np.intp, copy=False)  # type: ignore[arg-type]
-    return np.asarray(model.estimators_samples_, dtype=np.intp)
-
-
-def out_of_bag_scores(
-    forest: CompiledForest, x: npt.ArrayLike, samples: npt.NDArray[np.intp]
-) -> F64:
-    """Each training row's score from the trees that did not sample it.
-
-    A tree scores its own sample lower than it will score new rows from the same
-    distribution (a sampled row sets the ranges it is measured against), so a threshold
-    taken from in-bag scores flags too much new normal traffic. Out of bag, a training
-    row is as new to the trees as tomorrow's rows are. A row every tree sampled (a fit
-    on no more rows than ``max_samples``) keeps its in-bag score.
-    """
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
-    in_bag = np.zeros((forest.n_trees, len(x32)), dtype=np.bool_)
-    in_bag[np.arange(forest.n_trees)[:, None], samples] = True
-    return forest.scores_of(forest.path_lengths(x32, in_bag))
+    def fill_ranges(self, data: F32, samples: npt.NDArray[np.intp]) -> None:
+        """Walk each tree's training rows (``samples``: trees x rows, indices into
+        ``data``) down it, setting every split's (low, high) to the smallest and largest
+        value of its feature that reach it: the range sklearn drew the split from. Done
+        once, before the forest is used (it is shared only afterwards)."""
+        split, nodes = self.split, self.nodes
+        split[:, LOW], split[:, HIGH] = np.inf, -np.inf
+        n_trees, per_tree = samples.shape
+        trees = np.repeat(np.arange(n_trees), per_tree)
+        rows = samples.reshape(-1).astype(np.intp)
+        keep = self.root[trees] == 0
+        trees, rows = trees[keep], rows[keep]
+        base = self.tree_start[trees].astype(np.intp)
+        node = base.copy()
+        low, high = split[:, LOW], split[:, HIGH]  # views: the updates land in split
+        while len(node):
+            value = data[rows, nodes[node, FEATURE]]
+            np.minimum.at(low, node, value)
+            np.maximum.at(high, node, value)
+            right = value > split[node, THRESHOLD]
+            child = nodes[node, LEFT + right.view(np.int8)].astype(np.intp)
+            going = child > 0
+            rows, base = rows[going], base[going]
+            node = base + child[going]
 
 
 def _round_down_f32(values: F64) -> F32:
@@ -392,84 +356,155 @@ def _round_down_f32(values: F64) -> F32:
     return f
 
 
-@njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
 def _lay_out(
-    offsets: npt.NDArray[np.intp],
-    left: npt.NDArray[np.intp],
-    right: npt.NDArray[np.intp],
-    feats: npt.NDArray[np.int8],
-    thrs: F32,
-    nsamples: npt.NDArray[np.intp],
-    depth: int,
-    width: int,
+    node_counts: list[int],
+    left: npt.NDArray[Any],
+    right: npt.NDArray[Any],
+    feature: npt.NDArray[Any],
+    threshold: F32,
+    n_node_samples: npt.NDArray[Any],
+    denominator: float,
+    n_features: int,
+    floor: npt.ArrayLike | None,
+) -> CompiledForest:
+    """The compact layout of trees given as sklearn's node arrays, end to end.
+
+    sklearn numbers each tree's nodes in pre-order (a child after its parent), so a
+    split node's index among its tree's split nodes keeps that order: the root is 0
+    and every split child has a larger index than its parent.
+    """
+    n_trees = len(node_counts)
+    starts = np.zeros(n_trees + 1, dtype=np.intp)
+    np.cumsum(node_counts, out=starts[1:])
+    is_split = left != -1
+    tree_of = np.repeat(np.arange(n_trees), node_counts)
+    rank = np.cumsum(is_split) - 1  # each split node's index among all split nodes
+    tree_start = np.zeros(n_trees + 1, dtype=np.int32)
+    np.cumsum(np.add.reduceat(is_split, starts[:-1]), out=tree_start[1:])
+    splits = np.flatnonzero(is_split)
+    owner = tree_of[splits]
+
+    def pointer(child: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+        node = starts[owner] + child
+        out: npt.NDArray[np.intp] = np.where(
+            is_split[node], rank[node] - tree_start[owner], -n_node_samples[node]
+        )
+        return out
+
+    nodes = np.stack(
+        [feature[splits], pointer(left[splits]), pointer(right[splits])], axis=1
+    ).astype(np.int16)
+    split = np.empty((len(splits), 3), dtype=np.float32)
+    split[:, THRESHOLD] = threshold[splits]
+    split[:, LOW], split[:, HIGH] = -np.inf, np.inf
+    first = starts[:-1]
+    root = np.where(is_split[first], 0, -n_node_samples[first]).astype(np.int16)
+    floors = np.full(n_features, -np.inf, dtype=np.float32)
+    if floor is not None:
+        floors[:] = np.asarray(floor, dtype=np.float32)
+    return CompiledForest(
+        nodes=nodes,
+        split=split,
+        root=root,
+        tree_start=tree_start,
+        depth=_depth(nodes, root, tree_start),
+        denominator=float(denominator),
+        n_features=n_features,
+        floor=floors,
+    )
+
+
+def _depth(nodes: I16, root: I16, tree_start: npt.NDArray[np.int32]) -> int:
+    """The deepest split node's depth (root 0), by levels over every tree at once."""
+    node = tree_start[:-1][root == 0].astype(np.intp)
+    base = node.copy()
+    depth = -1
+    while len(node):
+        depth += 1
+        child = nodes[node, LEFT:].astype(np.intp)  # (nodes, 2)
+        base = np.repeat(base, 2)
+        child = child.reshape(-1)
+        going = child > 0
+        base = base[going]
+        node = base + child[going]
+    return max(depth, 0)
+
+
+def from_complete_layout(
     feature: npt.NDArray[np.int8],
     threshold: F32,
     leaf_code: npt.NDArray[np.uint16],
-) -> None:  # pragma: no cover - compiled
-    """Map each sklearn tree (node arrays concatenated, tree ``t`` at ``offsets[t]``)
-    onto its complete binary layout: splits in heap slots, each leaf's path-length code
-    in the bottom slots under it."""
-    stack = np.empty((2 * depth + 2, 3), dtype=np.intp)  # (node, slot, sklearn depth)
-    for t in range(offsets.shape[0] - 1):
-        base = offsets[t]
-        stack[0, 0], stack[0, 1], stack[0, 2] = 0, 0, 1
-        top = 1
-        while top > 0:
-            top -= 1
-            node, slot, d = stack[top, 0], stack[top, 1], stack[top, 2]
-            if left[base + node] == -1:  # a leaf: fill its bottom slots
-                code = d * width + nsamples[base + node]
-                level = d - 1
-                span = 1 << (depth - level)
-                first = (slot - ((1 << level) - 1)) * span
-                for j in range(first, first + span):
-                    leaf_code[t, j] = code
-                continue
-            feature[t, slot] = feats[base + node]
-            threshold[t, slot] = thrs[base + node]
-            stack[top, 0], stack[top, 1], stack[top, 2] = left[base + node], 2 * slot + 1, d + 1
-            stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2] = (
-                right[base + node],
-                2 * slot + 2,
-                d + 1,
-            )
-            top += 2
-
-
-def fit_forest(
-    x: npt.ArrayLike,
-    n_estimators: int,
-    max_samples: int,
-    seed: int | None,
-    one_sided: Sequence[int] = (),
-) -> tuple[CompiledForest, IsolationForest]:
-    """Fit sklearn's IsolationForest on ``x`` and compile it, range-aware; features in
-    ``one_sided`` count as typical below their median over ``x``."""
-    forest, model, _ = fit_scored(x, n_estimators, max_samples, seed, one_sided, oob=False)
-    return forest, model
-
-
-def fit_scored(
-    x: npt.ArrayLike,
-    n_estimators: int,
-    max_samples: int,
-    seed: int | None,
-    one_sided: Sequence[int] = (),
-    oob: bool = True,
-) -> tuple[CompiledForest, IsolationForest, F64 | None]:
-    """:func:`fit_forest`, and the training rows' out-of-bag scores (with ``oob``)."""
-    data = np.asarray(x, dtype=np.float32)
-    model = _IsolationForest(
-        n_estimators=n_estimators,
-        max_samples=min(max_samples, len(data)),
-        contamination="auto",
-        random_state=seed,
-        n_jobs=1,
+    low: F32,
+    high: F32,
+    depth: int,
+    denominator: float,
+    n_features: int,
+    floor: F32,
+) -> CompiledForest:
+    """The compact forest of one laid out in the previous, complete layout (a snapshot
+    of version 1): per tree, ``2**depth - 1`` split slots in heap order, a slot under a
+    leaf passed through with threshold ``+inf``, and ``2**depth`` leaf codes
+    ``d * PATH_WIDTH + n``. The scores are the same (``tests/unit/test_snapshot.py``)."""
+    n_trees, n_slots = threshold.shape
+    if n_slots != (1 << depth) - 1 or leaf_code.shape != (n_trees, 1 << depth):
+        raise ValueError("not a complete layout")
+    counts: list[int] = []
+    lefts: list[int] = []
+    rights: list[int] = []
+    feats: list[int] = []
+    thrs: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    samples: list[int] = []
+    for t in range(n_trees):
+        # Pre-order over the heap, numbering nodes as sklearn would (a child after its
+        # parent, left subtree first); leaves become nodes with no children.
+        order: list[int] = []
+        kids: dict[int, tuple[int, int]] = {}
+        stack = [(0, 0)]
+        while stack:
+            slot, level = stack.pop()
+            order.append(slot)
+            if level < depth and np.isfinite(threshold[t, slot]):
+                kids[slot] = (2 * slot + 1, 2 * slot + 2)
+                stack.append((2 * slot + 2, level + 1))
+                stack.append((2 * slot + 1, level + 1))
+        index = {slot: i for i, slot in enumerate(order)}
+        for slot in order:
+            if slot in kids:
+                a, b = kids[slot]
+                lefts.append(index[a])
+                rights.append(index[b])
+                feats.append(int(feature[t, slot]))
+                thrs.append(float(threshold[t, slot]))
+                lows.append(float(low[t, slot]))
+                highs.append(float(high[t, slot]))
+                samples.append(0)
+            else:
+                below = slot
+                while below < n_slots:
+                    below = 2 * below + 1
+                code = int(leaf_code[t, below - n_slots])
+                lefts.append(-1)
+                rights.append(-1)
+                feats.append(-2)
+                thrs.append(-2.0)
+                lows.append(0.0)
+                highs.append(0.0)
+                samples.append(code % PATH_WIDTH)
+        counts.append(len(order))
+    forest = _lay_out(
+        counts,
+        np.array(lefts),
+        np.array(rights),
+        np.array(feats),
+        np.array(thrs, dtype=np.float32),
+        np.array(samples),
+        denominator=denominator,
+        n_features=n_features,
+        floor=floor,
     )
-    model.fit(data)
-    floor = np.full(data.shape[1], -np.inf, dtype=np.float32)
-    for f in one_sided:
-        floor[f] = np.median(data[:, f])
-    samples = in_bag_rows(model)
-    forest = CompiledForest.from_sklearn(model, data, floor, samples)
-    return forest, model, out_of_bag_scores(forest, data, samples) if oob else None
+    is_split = np.array(lefts) != -1
+    forest.split[:, LOW] = np.array(lows, dtype=np.float32)[is_split]
+    forest.split[:, HIGH] = np.array(highs, dtype=np.float32)[is_split]
+    return forest.with_floor_path()

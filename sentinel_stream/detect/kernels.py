@@ -9,32 +9,136 @@ request. This kernel does the same arithmetic in one call, row by row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from sentinel_stream.detect.forest import (
-    PATH_TABLE,
-    CompiledForest,
-    fit_scored,
-    model_row,
-    tree_path_length,
-)
+from sentinel_stream.detect.forest import PATH_TABLE, PATH_WIDTH, CompiledForest
 
+F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+I16 = npt.NDArray[np.int16]
 
 _NO_FOREST = CompiledForest(
-    feature=np.zeros((0, 1), dtype=np.int8),
-    threshold=np.zeros((0, 1), dtype=np.float32),
-    leaf_code=np.zeros((0, 1), dtype=np.uint16),
-    depth=1,
+    nodes=np.zeros((0, 3), dtype=np.int16),
+    split=np.zeros((0, 3), dtype=np.float32),
+    root=np.zeros(0, dtype=np.int16),
+    tree_start=np.zeros(1, dtype=np.int32),
+    depth=0,
     denominator=0.0,
     n_features=0,
-    low=np.zeros((0, 1), dtype=np.float32),
-    high=np.zeros((0, 1), dtype=np.float32),
     floor=np.zeros(0, dtype=np.float32),
 )
 """A forest of no trees: the kernel then scores by the rules alone."""
+
+
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def _split(
+    x: float, k: int, nodes: I16, split: F32, level: int, path: float, alive: float
+) -> tuple[int, float, float]:  # pragma: no cover - compiled
+    """One split of a walk: the child ``x`` goes to, and the path and survival after
+    the chance of being cut off here (see :mod:`.forest`)."""
+    right = x > split[k, 0]
+    child = nodes[k, 2] if right else nodes[k, 1]
+    lo = split[k, 1]
+    hi = split[k, 2]
+    if x > hi or x < lo:  # beyond the split's range (never, inside it)
+        x64 = np.float64(x)
+        if right:
+            q = (x64 - np.float64(hi)) / (x64 - np.float64(lo))
+        else:
+            q = (np.float64(lo) - x64) / (np.float64(hi) - x64)
+        path += alive * q * (level + 1)
+        alive *= 1.0 - q
+    return child, path, alive
+
+
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def tree_path_length(
+    v: F32,
+    t: int,
+    nodes: I16,
+    split: F32,
+    root: I16,
+    tree_start: npt.NDArray[np.int32],
+    table: F64,
+) -> float:  # pragma: no cover - compiled
+    """The expected path length in tree ``t`` of a row whose model features, already
+    raised to their floors, are ``v``: :meth:`CompiledForest.tree_path_lengths`, one
+    pair at a time."""
+    r = root[t]
+    if r < 0:
+        at_root: float = table[PATH_WIDTH - r]  # the root is a leaf: depth 1
+        return at_root
+    base = tree_start[t]
+    k = base
+    level = 0
+    path = 0.0
+    alive = 1.0
+    while True:
+        child, path, alive = _split(v[nodes[k, 0]], k, nodes, split, level, path, alive)
+        level += 1
+        if child < 0:
+            leaf: float = table[(level + 1) * PATH_WIDTH - child]
+            return path + alive * leaf
+        k = base + child
+
+
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def _leaf(path: float, alive: float, level: int, child: int, table: F64) -> float:
+    """A walk's path length, its leaf reached at ``level`` (``child``: ``-n``)."""
+    leaf: float = table[(level + 1) * PATH_WIDTH - child]
+    return path + alive * leaf
+
+
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def _path_length_2(
+    v: F32, nodes: I16, split: F32, root: I16, tree_start: npt.NDArray[np.int32], table: F64
+) -> float:  # pragma: no cover - compiled
+    """Total path length over every tree of a row of two model features (latency and
+    input size: the service's models). Two trees are walked at once: their steps do not
+    wait on each other, so the CPU overlaps them; the two features are held in
+    registers, not read from memory at every split. The same arithmetic as
+    :func:`tree_path_length`, summed in tree order."""
+    n_trees = root.shape[0]
+    v0, v1 = v[0], v[1]
+    total = 0.0
+    t = 0
+    while t < n_trees:
+        if t + 1 == n_trees or root[t] < 0 or root[t + 1] < 0:
+            for u in range(t, min(t + 2, n_trees)):
+                total += tree_path_length(v, u, nodes, split, root, tree_start, table)
+            t += 2
+            continue
+        ba = tree_start[t]
+        bb = tree_start[t + 1]
+        ka, kb = ba, bb
+        pa = pb = 0.0
+        aa = ab = 1.0
+        level = 0
+        while True:  # both trees, level by level, until one reaches a leaf
+            ca, pa, aa = _split(v1 if nodes[ka, 0] else v0, ka, nodes, split, level, pa, aa)
+            cb, pb, ab = _split(v1 if nodes[kb, 0] else v0, kb, nodes, split, level, pb, ab)
+            level += 1
+            if ca < 0 or cb < 0:
+                break
+            ka = ba + ca
+            kb = bb + cb
+        la = lb = level
+        while ca >= 0:  # the deeper one alone
+            ka = ba + ca
+            ca, pa, aa = _split(v1 if nodes[ka, 0] else v0, ka, nodes, split, la, pa, aa)
+            la += 1
+        while cb >= 0:
+            kb = bb + cb
+            cb, pb, ab = _split(v1 if nodes[kb, 0] else v0, kb, nodes, split, lb, pb, ab)
+            lb += 1
+        total += _leaf(pa, aa, la, ca, table)
+        total += _leaf(pb, ab, lb, cb, table)
+        t += 2
+    return total
 
 
 def onto_threshold(scores: F64, source: float, target: float) -> F64:
@@ -50,29 +154,76 @@ def onto_threshold(scores: F64, source: float, target: float) -> F64:
     return mapped
 
 
+@njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator,unused-ignore]
+def _forest_score(
+    x: F32,
+    i: int,
+    rule: float,
+    cols: npt.NDArray[np.intp],
+    floor: F32,
+    v: F32,
+    nodes: I16,
+    split: F32,
+    root: I16,
+    tree_start: npt.NDArray[np.int32],
+    table: F64,
+    floor_path: float,
+    denominator: float,
+    model_threshold: float,
+    rules_threshold: float,
+) -> float:  # pragma: no cover - compiled
+    """Row ``i``'s forest score, or its rule score mapped onto the forest's threshold
+    if higher (the rules stay on as a floor under the model)."""
+    at_floor = True
+    for f in range(v.shape[0]):
+        v[f] = max(x[i, cols[f]], floor[f])
+        at_floor = at_floor and v[f] == floor[f]
+    if at_floor:  # typical in every feature (one-sided): known without a walk
+        total = floor_path
+    elif v.shape[0] == 2:
+        total = _path_length_2(v, nodes, split, root, tree_start, table)
+    else:
+        total = 0.0
+        for t in range(root.shape[0]):
+            total += tree_path_length(v, t, nodes, split, root, tree_start, table)
+    forest = 1.0 if denominator == 0 else 2.0 ** (-(total / denominator))
+    if rule < rules_threshold:
+        mapped = rule * (model_threshold / rules_threshold)
+    else:
+        mapped = model_threshold + (rule - rules_threshold) * (
+            (1.0 - model_threshold) / (1.0 - rules_threshold)
+        )
+    score: float = max(forest, mapped)
+    return score
+
+
 @njit(cache=True, nogil=True)  # type: ignore[untyped-decorator,unused-ignore]
 def _score_route(
-    x: npt.NDArray[np.float32],
+    x: F32,
     reference: F64,
     scale: F64,
     cols: npt.NDArray[np.intp],
-    floor: npt.NDArray[np.float32],
-    feature: npt.NDArray[np.int8],
-    threshold: npt.NDArray[np.float32],
-    low: npt.NDArray[np.float32],
-    high: npt.NDArray[np.float32],
-    leaf_code: npt.NDArray[np.uint16],
+    floor: F32,
+    nodes: I16,
+    split: F32,
+    root: I16,
+    tree_start: npt.NDArray[np.int32],
     table: F64,
-    depth: int,
+    floor_path: float,
     denominator: float,
     model_threshold: float,
     rules_threshold: float,
     sum_excess: bool,
+    learn_margin: float,
+    tail_score: float,
     scores: F64,
     deviations: F64,
-) -> None:  # pragma: no cover - compiled
-    n_trees = feature.shape[0]
+    flags: npt.NDArray[np.bool_],
+    teach: npt.NDArray[np.bool_],
+) -> tuple[int, int, int]:  # pragma: no cover - compiled
+    n_trees = root.shape[0]
     v = np.empty(floor.shape[0], dtype=np.float32)
+    n_flagged = n_teach = n_tail = 0
     for i in range(x.shape[0]):
         worst = -np.inf
         excess = 0.0
@@ -81,26 +232,96 @@ def _score_route(
             deviations[i, f] = d
             worst = max(worst, d)
             excess += max(d, 0.0)
-        rule = min(max((excess if sum_excess else worst) / 2.0, 0.0), 1.0)
+        combined = excess if sum_excess else worst
+        rule = min(max(combined / 2.0, 0.0), 1.0)
         if n_trees == 0:
-            scores[i] = rule
-            continue
-        model_row(x, i, cols, floor, v)
-        total = 0.0
-        for t in range(n_trees):
-            total += tree_path_length(v, t, feature, threshold, low, high, leaf_code, table, depth)
-        forest = 1.0 if denominator == 0 else 2.0 ** (-(total / denominator))
-        if rule < rules_threshold:
-            mapped = rule * (model_threshold / rules_threshold)
+            score = rule
         else:
-            mapped = model_threshold + (rule - rules_threshold) * (
-                (1.0 - model_threshold) / (1.0 - rules_threshold)
-            )
-        scores[i] = max(forest, mapped)
+            score = _forest_score(
+                x, i, rule, cols, floor, v, nodes, split, root, tree_start, table, floor_path,
+                denominator, model_threshold, rules_threshold,
+            )  # fmt: skip
+        scores[i] = score
+        # The verdict, and whether the row may teach: not when the rules alone flag it,
+        # nor when it scores learn_margin or more above the threshold.
+        flagged = score >= model_threshold
+        teaches = score < model_threshold + learn_margin and not (combined >= 2.0 * rules_threshold)
+        flags[i] = flagged
+        teach[i] = teaches
+        n_flagged += flagged
+        n_teach += teaches
+        n_tail += score >= tail_score
+    return n_flagged, n_teach, n_tail
+
+
+@dataclass(slots=True)
+class Judged:
+    """A route's batch as the kernel judged it (see :func:`judge_route`)."""
+
+    scores: F64
+    deviations: F64
+    """Per row and feature, how far above the rules' reference, in the rules' unit."""
+    flags: npt.NDArray[np.bool_]
+    """``score >= threshold``."""
+    teach: npt.NDArray[np.bool_]
+    """Rows that may teach: below ``threshold + learn_margin`` and not flagged by the
+    rules alone."""
+    n_flagged: int
+    n_teach: int
+    n_tail: int
+    """Rows scored at or above ``tail_score``."""
+
+
+def judge_route(
+    rows: F32,
+    reference: F64,
+    scale: F64,
+    forest: CompiledForest | None,
+    cols: npt.NDArray[np.intp],
+    threshold: float,
+    rules_threshold: float,
+    sum_excess: bool,
+    learn_margin: float,
+    tail_score: float,
+) -> Judged:
+    """Score ``rows`` (:func:`score_route`) and judge them in the same pass: the flags
+    at ``threshold`` (the forest's, or ``rules_threshold`` without one), the rows that
+    may teach, and the counts the detector keeps, so that a route's batch costs one
+    kernel call and no further array operations."""
+    n = rows.shape[0]
+    scores = np.empty(n)
+    deviations = np.empty((n, rows.shape[1]))
+    flags = np.empty(n, dtype=np.bool_)
+    teach = np.empty(n, dtype=np.bool_)
+    f = forest if forest is not None else _NO_FOREST
+    n_flagged, n_teach, n_tail = _score_route(
+        rows,
+        reference,
+        scale,
+        cols,
+        f.floor,
+        f.nodes,
+        f.split,
+        f.root,
+        f.tree_start,
+        PATH_TABLE,
+        f.floor_path,
+        f.denominator,
+        threshold if forest is not None else rules_threshold,
+        rules_threshold,
+        sum_excess,
+        learn_margin,
+        tail_score,
+        scores,
+        deviations,
+        flags,
+        teach,
+    )
+    return Judged(scores, deviations, flags, teach, n_flagged, n_teach, n_tail)
 
 
 def score_route(
-    rows: npt.NDArray[np.float32],
+    rows: F32,
     reference: F64,
     scale: F64,
     forest: CompiledForest | None,
@@ -112,41 +333,33 @@ def score_route(
     """(scores, rule deviations) of ``rows``: the rules alone without a forest, else
     ``max(forest score, rule score mapped onto the forest's threshold)``. ``reference``
     and ``scale`` are the route's rule reference and unit of deviation per feature."""
-    n = rows.shape[0]
-    scores = np.empty(n)
-    deviations = np.empty((n, rows.shape[1]))
-    f = forest if forest is not None else _NO_FOREST
-    _score_route(
-        rows,
-        reference,
-        scale,
-        cols,
-        f.floor,
-        f.feature,
-        f.threshold,
-        f.low,
-        f.high,
-        f.leaf_code,
-        PATH_TABLE,
-        f.depth,
-        f.denominator,
-        model_threshold if forest is not None else rules_threshold,
-        rules_threshold,
-        sum_excess,
-        scores,
-        deviations,
+    j = judge_route(
+        rows, reference, scale, forest, cols, model_threshold, rules_threshold, sum_excess,
+        0.0, np.inf,
+    )  # fmt: skip
+    return j.scores, j.deviations
+
+
+def _tiny_forest() -> CompiledForest:
+    """One tree, one split: enough to compile the kernels (no fit, no scikit-learn)."""
+    return CompiledForest(
+        nodes=np.array([[0, -1, -1]], dtype=np.int16),
+        split=np.array([[0.5, 0.0, 1.0]], dtype=np.float32),
+        root=np.zeros(1, dtype=np.int16),
+        tree_start=np.array([0, 1], dtype=np.int32),
+        depth=0,
+        denominator=1.0,
+        n_features=1,
+        floor=np.zeros(1, dtype=np.float32),
     )
-    return scores, deviations
 
 
 def warm_up_kernel() -> None:
     """Compile (or load from numba's cache) the scoring kernels before the first event
     needs them, so that no verdict waits for a compilation."""
     x = np.zeros((4, 1), dtype=np.float32)
-    forest, _, _ = fit_scored(np.arange(8, dtype=np.float32).reshape(-1, 1), 2, 4, 0, (0,))
-    forest.score(x)
     ones = np.ones(1)
     cols = np.zeros(1, dtype=np.intp)
-    for model in (forest, None):
+    for model in (_tiny_forest(), None):
         for sum_excess in (False, True):
             score_route(x, ones, ones, model, cols, 0.7, 0.5, sum_excess)

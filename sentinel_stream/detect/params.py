@@ -44,6 +44,8 @@ class DetectorSettings(Protocol):
     def refit_workers(self) -> int: ...
     @property
     def learn_margin(self) -> float: ...
+    @property
+    def memory_max_mb(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,9 @@ class DetectorParams:
     """No model threshold goes below this score."""
     max_routes: int = 10_000
     max_models: int = 5_000
+    max_bytes: int | None = None
+    """What the detector may hold in memory, bytes (routes' windows, samples, models,
+    baselines); None: no bound but the counts."""
     drift_events: int | None = None
     """Most events of mostly-flagged traffic before a shift is learnt; default: 5 x
     history_max (a burst of attacks as long as a window must not be learnt as normal by a
@@ -111,6 +116,7 @@ class DetectorParams:
             score_floor=s.score_floor,
             max_routes=s.max_routes,
             max_models=s.max_models,
+            max_bytes=s.memory_max_mb * MIB,
             seed=s.seed,
             refit_min_interval_s=s.refit_min_interval_s if s.refit_workers > 0 else 0.0,
             model_features=(LATENCY, INPUT_LENGTH),
@@ -137,6 +143,13 @@ class DetectorParams:
             refit_min_interval_s=0.0,
         )
 
+
+MIB = 1 << 20
+DEFAULT_MEMORY_MAX_MB = 384
+"""The default memory budget of the detector (``SENTINEL_MEMORY_MAX_MB``), sized for a
+1 GiB container: beside it, the process at rest, a refit worker, librdkafka's fetch
+queue and the allocator's overhead on what the detector holds (the README's *Memory*
+gives the figures, measured by ``bench/memory.py``)."""
 
 GENERIC_SCORE_FLOOR = 0.5
 """The least threshold for features of unknown meaning: a score of 0.5 is a row exactly as

@@ -33,8 +33,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sentinel_stream.detect.forest import CompiledForest, fit_scored
-from sentinel_stream.detect.kernels import warm_up_kernel
+from sentinel_stream.detect.forest import CompiledForest
 from sentinel_stream.detect.threshold import TAIL, tail_threshold
 
 
@@ -72,6 +71,8 @@ RequestFactory = Callable[[], FitRequest | None]
 
 def fit_route(request: FitRequest) -> FitResult:
     """Fit one route's model, its threshold and its baseline. Runs in a refit worker."""
+    from sentinel_stream.detect.fit import fit_scored  # scikit-learn: only where fits run
+
     started = time.perf_counter()
     # The threshold is read from out-of-bag scores, so no tree samples more than half of a
     # young window: with 128 rows and 256-row trees every tree would sample every row,
@@ -94,6 +95,12 @@ def fit_route(request: FitRequest) -> FitResult:
         seconds=time.perf_counter() - started,
         tail_score=tail_score,
     )
+
+
+def _load_fit() -> None:
+    """A worker's start: import what a fit needs (scikit-learn) before the first request,
+    and nothing else: the scoring kernels (numba) stay out of the worker."""
+    import sentinel_stream.detect.fit  # noqa: F401
 
 
 def _failed(route: str, token: int, error: str) -> FitResult:
@@ -169,7 +176,7 @@ class ProcessRefitter:
         return ProcessPoolExecutor(
             self._workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=warm_up_kernel,
+            initializer=_load_fit,
         )
 
     def submit(self, route: str, first: bool, make: RequestFactory) -> None:

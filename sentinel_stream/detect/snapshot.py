@@ -10,8 +10,12 @@ The format is versioned: a magic, a schema version, a JSON header naming each pa
 (a scalar, or an array's dtype, shape and place), then the arrays' raw bytes. Arrays of
 a compiled forest are written field by field by name, so the forest's layout can change
 without touching this module; a change that makes old snapshots unreadable bumps
-:data:`VERSION`, and a record of another version is refused (:class:`SnapshotError`):
-the route warms up again, nothing crashes.
+:data:`VERSION`, and a record of a version this service cannot read is refused
+(:class:`SnapshotError`): the route warms up again, nothing crashes.
+
+Version 2 holds the compact forest layout (:mod:`.forest`); version 1 held the complete
+one, and is still read: its forest is converted on restore, so a service upgraded from
+version 1 keeps every route's model.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import numpy.typing as npt
 
 from sentinel_stream.detect.baseline import Baseline
 from sentinel_stream.detect.detector import Detector, RouteModel, RouteState
-from sentinel_stream.detect.forest import CompiledForest
+from sentinel_stream.detect.forest import CompiledForest, from_complete_layout
 
 MAGIC = b"SSN"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
+"""Versions this service restores (1: the complete forest layout, converted)."""
 _HEAD = struct.Struct("<3sHI")
 """magic, schema version, header length."""
 
@@ -65,8 +71,8 @@ def decode(data: bytes) -> dict[str, Part]:
     magic, version, head_len = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise SnapshotError("not a snapshot")
-    if version != VERSION:
-        raise SnapshotError(f"snapshot schema version {version}, this service reads {VERSION}")
+    if version not in READABLE:
+        raise SnapshotError(f"snapshot schema version {version}, this service reads {READABLE}")
     start = _HEAD.size + head_len
     try:
         header = json.loads(data[_HEAD.size : start])
@@ -102,6 +108,19 @@ def _dataclass_from(prefix: str, cls: type[T], parts: dict[str, Part]) -> T:
         if f.init
     }
     return cls(**kwargs)
+
+
+def _forest_from(parts: dict[str, Part], version: int) -> CompiledForest:
+    """The snapshot's forest, checked (a garbled one must not reach the kernel)."""
+    if version == 1:
+        names = ("feature", "threshold", "leaf_code", "low", "high", "floor")
+        arrays = {n: parts[f"forest.{n}"] for n in names}
+        scalars = {n: parts[f"forest.{n}"] for n in ("depth", "denominator", "n_features")}
+        forest = from_complete_layout(**arrays, **scalars)  # type: ignore[arg-type]
+    else:
+        forest = _dataclass_from("forest", CompiledForest, parts)
+    forest.check()
+    return forest
 
 
 def snapshot_route(detector: Detector, route: str) -> bytes | None:
@@ -148,6 +167,7 @@ def restore_route(detector: Detector, route: str, data: bytes) -> RouteState:
     detector (another feature count): the caller counts it, and the route warms up.
     """
     parts = decode(data)
+    version = _HEAD.unpack_from(data)[1]
     state = detector.new_state(route)
     try:
         window = parts["window"]
@@ -174,7 +194,7 @@ def restore_route(detector: Detector, route: str, data: bytes) -> RouteState:
             state.baseline = _dataclass_from("baseline", Baseline, parts)
         if "model.version" in parts:
             state.model = RouteModel(
-                forest=_dataclass_from("forest", CompiledForest, parts),
+                forest=_forest_from(parts, version),
                 threshold=float(parts["model.threshold"]),  # type: ignore[arg-type]
                 version=int(parts["model.version"]),  # type: ignore[arg-type]
                 trained_on=int(parts["model.trained_on"]),  # type: ignore[arg-type]

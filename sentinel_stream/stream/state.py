@@ -139,6 +139,12 @@ class StateStore:
             if self._written.pop(route, None) is not None and partition is not None:
                 self._produce(route, partition, None)
                 self._metrics.state_records.labels("tombstone").inc()
+        detector = self._engine.detector
+        for route in changes.refused:
+            # The detector holds nothing of a route it refused (a flood of one-off
+            # routes): nor does this, beyond the next write.
+            if route not in self._dirty and detector.route_state(route) is None:
+                self._home.pop(route, None)
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -7,9 +7,7 @@ partitioner says counts it.
 
 from __future__ import annotations
 
-import json
 import signal
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,15 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from sentinel_stream.stream.owners import partition_of
 from tests.support.kafka import create_topics, event, produce, read_all, wait_for
-from tests.support.service import free_port, ready, scrape, service_env, start, topic_names
+from tests.support.service import (
+    analyze,
+    free_port,
+    ready,
+    scrape,
+    service_env,
+    start,
+    topic_names,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -41,17 +47,6 @@ def test_the_partitioner_is_librdkafkas(
         p.produce(topic, b"v", key, on_delivery=delivered)
     assert p.flush(30) == 0
     assert {k: partition_of(k, 7, partitioner) for k in keys} == got
-
-
-def _post(port: int, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/analyze-flow",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer: dict[str, Any] = json.loads(resp.read())
-        return answer
 
 
 def test_a_member_that_does_not_own_a_route_answers_from_its_owners_model(
@@ -93,8 +88,8 @@ def test_a_member_that_does_not_own_a_route_answers_from_its_owners_model(
         def both_answer_from_models() -> bool:
             for route in routes.values():
                 answers[route] = {
-                    "a": _post(port_a, {**probe, "route": route}),
-                    "b": _post(port_b, {**probe, "route": route}),
+                    "a": analyze(port_a, {**probe, "route": route}),
+                    "b": analyze(port_b, {**probe, "route": route}),
                 }
             return all(
                 x["detector"] == "isolation_forest"

@@ -38,6 +38,18 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes, st
             return exc.code, exc.read(), exc.headers.get("Content-Type", "")
 
 
+def analyze(port: int, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /analyze-flow`` with ``body``; its JSON answer (a 200 expected)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/analyze-flow",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+
 def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
     status, body, ctype = http_get(port, path)
     assert ctype.startswith("application/json"), (path, ctype)

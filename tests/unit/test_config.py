@@ -192,3 +192,44 @@ def test_every_setting_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     missing = [env_name(f) for f in Settings.model_fields if f"`{env_name(f)}`" not in readme]
     assert missing == [], f"add these to the README's configuration table: {missing}"
+
+
+def test_refit_workers_default_to_what_the_cpus_spare() -> None:
+    from sentinel_stream.config import MAX_DEFAULT_REFIT_WORKERS, default_refit_workers
+
+    assert [default_refit_workers(c) for c in (1, 2, 3, 5, 64)] == [1, 1, 2, 4, 4]
+    assert MAX_DEFAULT_REFIT_WORKERS == 4
+    assert load_settings().refit_workers == default_refit_workers()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_container_cpu_quota_caps_the_cpus(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    from sentinel_stream.config import usable_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    want = affinity if expected is None else min(affinity, expected)
+    assert usable_cpus(tmp_path) == want
+
+
+def test_the_memory_budget_is_read_in_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sentinel_stream.detect.params import DetectorParams
+
+    assert load_settings().memory_max_mb == 384
+    monkeypatch.setenv("SENTINEL_MEMORY_MAX_MB", "64")
+    assert DetectorParams.from_settings(load_settings()).max_bytes == 64 * 2**20
+    assert "SENTINEL_MEMORY_MAX_MB" in config_error(monkeypatch, SENTINEL_MEMORY_MAX_MB="8")

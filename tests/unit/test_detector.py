@@ -64,10 +64,16 @@ def test_sustained_shift_is_learnt_eventually() -> None:
 
 def test_window_and_route_bounds_hold() -> None:
     e = engine(history_max=50, min_history=20, max_routes=3, max_models=2, refit_every=10)
-    for r in range(6):
-        run(e, normal(f"/b{r}", 120, seed=r), 30)
+    for r in range(3):
+        run(e, normal(f"/b{r}", 120, seed=r), 30)  # each seen 4 times
     d = e.detector
+    assert d.routes_tracked == 3 and d.table_stats.refused == 0
+    # New routes are refused until seen more often than the routes they would push out
+    # (4 times): then each evicts one.
+    for r in range(3, 6):
+        run(e, normal(f"/b{r}", 300, seed=r), 30)
     assert d.routes_tracked == 3 and d.stats.routes_evicted == 3
+    assert d.table_stats.evicted_routes == 3 and d.table_stats.refused >= 3
     assert d.models_trained <= 2 and d.stats.models_dropped >= 1
     for r in range(3, 6):
         state = d.route_state(f"/b{r}")
@@ -242,3 +248,137 @@ def test_rare_anomalies_are_flagged_and_explained() -> None:
     for i in where[flags[where]]:
         weights = d.attribute("r", rows[i].astype(np.float32))
         assert weights is not None and int(np.argmax(weights)) == 1
+
+
+def small_detector(**params: object) -> Detector:
+    """Telemetry's detector with small forests (fast inline fits)."""
+    base = DetectorParams(
+        model_features=(0, 1),
+        one_sided=(0, 1),
+        n_estimators=20,
+        history_max=500,
+        min_history=64,
+        refit_every=100,
+        refit_min_interval_s=0,
+        seed=1,
+    )
+    from sentinel_stream.detect.rules import telemetry_rules
+
+    return Detector(replace(base, **params), telemetry_rules(20.0, 5), InlineRefitter())
+
+
+def telemetry_rows(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    latency, size = rng.lognormal(np.log(100), 0.2, n), rng.lognormal(np.log(500), 0.2, n)
+    return to_rows(np.column_stack([latency, size, np.zeros(n)]))
+
+
+def feed(d: Detector, route: str, rows: np.ndarray, chunk: int = 50) -> None:
+    for start in range(0, len(rows), chunk):
+        d.install_completed()
+        d.score_and_learn(route, rows[start : start + chunk])
+    d.install_completed()
+
+
+def accounted(d: Detector) -> int:
+    from sentinel_stream.detect.detector import held_bytes
+
+    return sum(held_bytes(s) for _, s in d._routes.oldest_first())
+
+
+def test_the_memory_budget_holds_under_a_flood_of_large_routes() -> None:
+    budget = 2_000_000
+    d = small_detector(max_bytes=budget)
+    over = []
+    for r in range(120):  # each: a full window, a sample, a model: ~40 KB
+        rows = telemetry_rows(1200, seed=r)
+        for start in range(0, len(rows), 100):
+            d.install_completed()
+            d.score_and_learn(f"/big{r}", rows[start : start + 100])
+            if d.memory_bytes > budget:
+                over.append(d.memory_bytes)
+    assert over == []
+    assert d.table_stats.evicted_memory > 0 and d.stats.routes_evicted > 0
+    assert d.models_trained > 10  # the budget holds routes with models, not just windows
+    # The total is kept as a sum of what each route reported: it equals a fresh count.
+    assert d.memory_bytes == accounted(d) + d._routes.sketch.nbytes
+
+
+def test_the_bytes_accounted_are_what_python_allocates() -> None:
+    import gc
+    import tracemalloc
+
+    d = small_detector()
+    feed(d, "/warmup", telemetry_rows(600, seed=99))  # compile, caches
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    start = d.memory_bytes
+    for r in range(30):  # young routes, routes with models, one with a long memory
+        feed(d, f"/young{r}", telemetry_rows(1 + r, seed=r))
+    for r in range(6):
+        feed(d, f"/model{r}", telemetry_rows(400 + 200 * r, seed=100 + r))
+    gc.collect()
+    allocated = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    held = d.memory_bytes - start
+    assert 0.8 * allocated <= held <= 1.25 * allocated, (held, allocated)
+
+
+def test_a_flood_of_one_off_routes_keeps_the_routes_seen_often() -> None:
+    # Bound by count: 100 routes, 40 of them warm with models, then 5,000 one-off routes.
+    d = small_detector(max_routes=100, max_models=100)
+    warm = [f"/warm{i}" for i in range(40)]
+    for i, r in enumerate(warm):
+        feed(d, r, telemetry_rows(300, seed=i))
+    assert all((s := d.route_state(r)) is not None and s.model is not None for r in warm)
+    one = telemetry_rows(1, seed=7)
+    for i in range(5000):
+        d.install_completed()
+        scored = d.score_and_learn(f"/flood/{i}", one)
+        assert scored.scores.shape == (1,)
+    assert d.table_stats.refused > 4000
+    for r in warm:
+        state = d.route_state(r)
+        assert state is not None and state.model is not None, r
+        assert d.score_and_learn(r, one).detector == "isolation_forest"
+
+
+def test_a_flood_within_the_byte_budget_keeps_the_routes_seen_often() -> None:
+    # Bound by bytes (the count bound far away): the warm routes fill most of it.
+    d = small_detector(max_bytes=3_000_000)
+    warm = [f"/warm{i}" for i in range(40)]
+    for i, r in enumerate(warm):
+        feed(d, r, telemetry_rows(300, seed=i))
+    models = sum(d.route_state(r).model is not None for r in warm)  # type: ignore[union-attr]
+    assert models == 40 and d.memory_bytes < 3_000_000
+    one = telemetry_rows(1, seed=7)
+    for i in range(20_000):
+        d.score_and_learn(f"/flood/{i}", one)
+        assert d.memory_bytes <= 3_000_000
+    assert d.table_stats.refused > 10_000
+    for r in warm:
+        state = d.route_state(r)
+        assert state is not None and state.model is not None, r
+
+
+def test_a_refused_route_is_scored_by_the_cold_rules_and_learns_nothing() -> None:
+    d = small_detector(max_routes=2)
+    for r in ("/a", "/b"):
+        for _ in range(3):
+            d.score_and_learn(r, telemetry_rows(5, seed=1))
+    spike = to_rows(np.array([[30000.0, 500.0, 0.0]]))
+    scored = d.score_and_learn("/new", spike)
+    assert d.route_state("/new") is None and d.table_stats.refused == 1
+    assert scored.detector == "rules" and scored.window_size == 0 and scored.flags[0]
+    assert d.stats.rows_admitted == 30  # the refused row taught nothing
+
+
+def test_the_frequency_sketch_is_sized_by_what_the_budget_can_hold() -> None:
+    # A count bound far beyond what the bytes allow must not size the sketch (4 bytes a
+    # route of the bound would eat a small budget whole).
+    d = small_detector(max_routes=10_000_000, max_models=10, max_bytes=2_000_000)
+    assert d._routes.sketch.nbytes <= 4 * 2048
+    assert d.memory_bytes < 2_000_000
+    feed(d, "/a", telemetry_rows(100, seed=1))
+    assert d.route_state("/a") is not None

@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
-from sentinel_stream.detect.forest import (
-    CompiledForest,
-    average_path_length,
-    fit_forest,
-    fit_scored,
-    in_bag_rows,
-    out_of_bag_scores,
-)
+from sentinel_stream.detect.fit import fit_forest, fit_scored, in_bag_rows, out_of_bag_scores
+from sentinel_stream.detect.forest import CompiledForest, average_path_length
 
 
 def sklearn_only(model: IsolationForest) -> CompiledForest:
@@ -45,15 +39,16 @@ def test_ties_on_thresholds_decide_like_sklearn() -> None:
     np.testing.assert_array_equal(sklearn_only(model).score(grid), -model.score_samples(grid))
 
 
-def reference_scores(
+def reference_path_lengths(
     model: IsolationForest, x: np.ndarray, queries: np.ndarray, floor: np.ndarray
 ) -> np.ndarray:
-    """The range-aware score, walked on sklearn's own tree objects in plain Python: each
-    node's range is recomputed from the rows sklearn sampled for the tree."""
+    """(queries, trees): the range-aware expected path lengths, walked on sklearn's own
+    tree objects in plain Python: each node's range is recomputed from the rows sklearn
+    sampled for the tree."""
     x32 = x.astype(np.float32)
     q32 = np.maximum(queries.astype(np.float32), floor.astype(np.float32))
-    out = np.zeros(len(queries))
-    for est, rows in zip(model.estimators_, model.estimators_samples_, strict=True):
+    out = np.zeros((len(queries), len(model.estimators_)))
+    for t, (est, rows) in enumerate(zip(model.estimators_, model.estimators_samples_, strict=True)):
         tree = est.tree_
         sample = x32[rows]
         for i, point in enumerate(q32):
@@ -73,9 +68,17 @@ def reference_scores(
                     node, members = tree.children_right[node], members[~go_left]
                 depth += 1
             leaf = depth + average_path_length(int(tree.n_node_samples[node]))
-            out[i] += path + alive * leaf
+            out[i, t] = path + alive * leaf
+    return out
+
+
+def reference_scores(
+    model: IsolationForest, x: np.ndarray, queries: np.ndarray, floor: np.ndarray
+) -> np.ndarray:
+    """The range-aware score from :func:`reference_path_lengths`."""
+    total = reference_path_lengths(model, x, queries, floor).sum(axis=1)
     denominator = len(model.estimators_) * average_path_length(model._max_samples)
-    return 2 ** (-out / denominator)
+    return 2 ** (-total / denominator)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("one_sided", [(), (0,)])
@@ -123,24 +126,14 @@ def test_out_of_bag_scores_use_only_the_trees_that_did_not_sample_the_row() -> N
     assert oob is not None
     samples = in_bag_rows(model)
     np.testing.assert_array_equal(out_of_bag_scores(forest, x, samples), oob)
-    # Row 0, by hand: the mean path over the trees whose sample lacks it.
-    lengths = []
-    for t in range(forest.n_trees):
-        if 0 not in samples[t]:
-            one = CompiledForest(
-                forest.feature[t : t + 1],
-                forest.threshold[t : t + 1],
-                forest.leaf_code[t : t + 1],
-                forest.depth,
-                average_path_length(64),
-                2,
-                forest.low[t : t + 1],
-                forest.high[t : t + 1],
-                forest.floor,
-            )
-            lengths.append(-np.log2(one.score(x[:1])[0]) * average_path_length(64))
-    expected = 2 ** (-np.mean(lengths) / average_path_length(64))
-    assert oob[0] == pytest.approx(expected, rel=1e-12)
+    # By hand, on sklearn's own trees: the mean path over the trees whose sample lacks
+    # the row.
+    lengths = reference_path_lengths(model, x, x[:3], forest.floor)
+    for i in range(3):
+        out_of_bag = [t for t in range(forest.n_trees) if i not in samples[t]]
+        assert out_of_bag
+        expected = 2 ** (-lengths[i, out_of_bag].mean() / average_path_length(64))
+        assert oob[i] == pytest.approx(expected, rel=1e-12)
 
 
 def test_rejects_wrong_width() -> None:
@@ -169,3 +162,99 @@ def test_recorded_samples_are_sklearns(n: int, max_samples: int) -> None:
         np.testing.assert_array_equal(np.sort(a), np.sort(b))
     plain = IsolationForest(n_estimators=30, max_samples=min(n, max_samples), random_state=7)
     np.testing.assert_array_equal(model.score_samples(x), plain.fit(x).score_samples(x))
+
+
+def queries_around(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Training rows, rows inside and far beyond every range, and rows below it."""
+    head = x[:200]
+    return np.vstack(
+        [
+            head,
+            head * rng.uniform(0.01, 50, size=head.shape),
+            head + rng.normal(0, 100, size=head.shape),
+            -np.abs(head[:20]) * 1e3,
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "features", "max_samples", "ranges", "one_sided"),
+    [
+        (1000, 2, 256, True, (0, 1)),
+        (1000, 3, 256, True, ()),
+        (1000, 2, 256, False, ()),
+        (300, 1, 64, True, (0,)),
+        (60, 2, 256, True, (1,)),
+        (5000, 2, 2048, True, (0,)),
+    ],
+)
+def test_the_compact_layout_scores_exactly_as_the_complete_layout(
+    n: int, features: int, max_samples: int, ranges: bool, one_sided: tuple[int, ...]
+) -> None:
+    from tests.support.complete_forest import CompleteForest
+
+    rng = np.random.default_rng(n * features)
+    x = rng.lognormal(size=(n, features))
+    forest, model = fit_forest(x, 60, max_samples, seed=4, one_sided=one_sided)
+    if not ranges:
+        forest = CompiledForest.from_sklearn(model, floor=forest.floor)
+    complete = CompleteForest.from_sklearn(model, x if ranges else None, forest.floor)
+    queries = queries_around(x, rng)
+    np.testing.assert_array_equal(forest.score(queries), complete.score(queries))
+
+
+def test_trees_whose_root_is_a_leaf_score_as_sklearn() -> None:
+    x = np.vstack([np.ones((40, 2)), [[2.0, 3.0]]])  # most trees sample only the ones
+    forest, model = fit_forest(x, 50, 16, seed=0)
+    assert (forest.root < 0).any() and (forest.root == 0).any()
+    queries = np.array([[1.0, 1.0], [2.0, 3.0], [0.5, 7.0]])
+    np.testing.assert_array_equal(
+        CompiledForest.from_sklearn(model).score(queries), -model.score_samples(queries)
+    )
+    from tests.support.complete_forest import CompleteForest
+
+    complete = CompleteForest.from_sklearn(model, x, forest.floor)
+    np.testing.assert_array_equal(forest.score(queries), complete.score(queries))
+
+
+def test_the_compact_layout_holds_a_fraction_of_the_complete_one() -> None:
+    from tests.support.complete_forest import CompleteForest
+
+    x = np.random.default_rng(0).lognormal(size=(1000, 2))
+    forest, model = fit_forest(x, 100, 256, seed=0)
+    complete = CompleteForest.from_sklearn(model, x, forest.floor)
+    nodes = sum(int((est.tree_.children_left != -1).sum()) for est in model.estimators_)
+    assert forest.n_splits == nodes  # one entry per split node, nothing else
+    assert forest.nbytes < complete.nbytes / 3
+
+
+def test_a_forest_in_the_complete_layout_converts_to_the_same_scores() -> None:
+    from sentinel_stream.detect.forest import from_complete_layout
+    from tests.support.complete_forest import CompleteForest
+
+    rng = np.random.default_rng(8)
+    x = rng.lognormal(size=(800, 2))
+    forest, model = fit_forest(x, 40, 256, seed=2, one_sided=(0,))
+    for ranges in (x, None):
+        complete = CompleteForest.from_sklearn(model, ranges, forest.floor)
+        converted = from_complete_layout(**complete.parts())
+        queries = queries_around(x, rng)
+        np.testing.assert_array_equal(converted.score(queries), complete.score(queries))
+        if ranges is not None:
+            for name in ("nodes", "split", "root", "tree_start"):
+                np.testing.assert_array_equal(getattr(converted, name), getattr(forest, name))
+
+
+def test_out_of_bag_path_lengths_are_the_complete_layouts() -> None:
+    from tests.support.complete_forest import CompleteForest
+
+    x = np.random.default_rng(9).lognormal(size=(1500, 2))
+    forest, model, _ = fit_scored(x, 50, 256, seed=5, one_sided=(1,))
+    samples = in_bag_rows(model)
+    in_bag = np.zeros((forest.n_trees, len(x)), dtype=np.bool_)
+    in_bag[np.arange(forest.n_trees)[:, None], samples] = True
+    x32 = x.astype(np.float32)
+    complete = CompleteForest.from_sklearn(model, x, forest.floor)
+    np.testing.assert_array_equal(
+        forest.path_lengths(x32, in_bag), complete.path_lengths(x32, in_bag)
+    )

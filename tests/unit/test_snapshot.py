@@ -82,3 +82,51 @@ def test_bad_bytes_are_refused_not_crashed_on(data: bytes) -> None:
     with pytest.raises(SnapshotError):
         restore_route(engine().detector, "/bad", data)
     assert engine().detector.route_state("/bad") is None
+
+
+def test_a_version_1_snapshot_restores_its_model_with_the_same_scores() -> None:
+    # What the previous release wrote: the forest in the complete layout.
+    from sentinel_stream.detect import snapshot
+    from sentinel_stream.detect.fit import fit_forest
+    from tests.support.complete_forest import CompleteForest
+
+    first = engine(min_history=100, history_max=300)
+    run(first, normal("/v1", 900, seed=3), 50)
+    state = first.detector.route_state("/v1")
+    assert state is not None and state.model is not None
+    rows = state.window.snapshot()[:, :2]
+    forest, model = fit_forest(rows, 30, 128, seed=4, one_sided=(0, 1))
+    complete = CompleteForest.from_sklearn(model, rows, forest.floor)
+    parts = decode(snapshot_route(first.detector, "/v1") or b"")
+    parts = {k: v for k, v in parts.items() if not k.startswith("forest.")}
+    parts.update({f"forest.{k}": v for k, v in complete.parts().items()})
+    body = encode(parts)
+    old = struct.pack("<3sHI", MAGIC, 1, 0)[:5] + body[5:]  # the same bytes, version 1
+    assert snapshot.READABLE == (1, 2) and VERSION == 2
+
+    second = engine(min_history=100, history_max=300)
+    restored = restore_route(second.detector, "/v1", old)
+    assert restored.model is not None
+    probe = np.log1p(np.array([[100.0, 500.0], [180.0, 700.0], [30000.0, 500.0]], np.float32))
+    np.testing.assert_array_equal(restored.model.forest.score(probe), complete.score(probe))
+    assert restored.model.forest.nbytes < complete.nbytes / 2
+
+
+@pytest.mark.parametrize(
+    "garble",
+    [
+        lambda p: p.__setitem__("forest.nodes", p["forest.nodes"][:-1]),
+        lambda p: p["forest.nodes"].__setitem__((0, 1), 30000),
+        lambda p: p["forest.nodes"].__setitem__((0, 2), 0),
+        lambda p: p["forest.nodes"].__setitem__((0, 0), 7),
+        lambda p: p["forest.tree_start"].__setitem__(1, 10_000),
+        lambda p: p.__setitem__("forest.split", p["forest.split"].astype(np.float64)),
+    ],
+)
+def test_a_garbled_forest_is_refused_before_it_reaches_the_kernel(garble: object) -> None:
+    first = engine(min_history=100, history_max=300)
+    run(first, normal("/g", 400, seed=3), 50)
+    parts = decode(snapshot_route(first.detector, "/g") or b"")
+    garble(parts)  # type: ignore[operator]
+    with pytest.raises(SnapshotError):
+        restore_route(engine().detector, "/g", encode(parts))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentinel_stream.detect.window import Reservoir, RouteTable, Window
+from sentinel_stream.detect.window import Reservoir, Window
 
 
 def test_window_keeps_last_rows_in_order() -> None:
@@ -15,13 +15,6 @@ def test_window_keeps_last_rows_in_order() -> None:
     assert len(w) == 5 and w.total == 8
     w.extend(np.arange(20, 32, dtype=np.float32).reshape(-1, 1))
     assert w.snapshot().ravel().tolist() == [27, 28, 29, 30, 31]
-
-
-def test_route_table_evicts_least_recently_seen() -> None:
-    evicted: list[str] = []
-    t: RouteTable[int] = RouteTable(2, lambda r: 0, lambda r, v: evicted.append(r))
-    t.touch("a"), t.touch("b"), t.touch("a"), t.touch("c")
-    assert evicted == ["b"] and "a" in t and "c" in t and len(t) == 2
 
 
 def test_the_window_hands_what_leaves_it_to_the_long_memory() -> None:
@@ -47,3 +40,29 @@ def test_reservoir_is_bounded_and_uniform() -> None:
     # A uniform sample of 0..19999: each quarter holds about a quarter of it.
     counts = np.histogram(sample, bins=4, range=(0, 20000))[0]
     assert counts.min() > 90 and counts.max() < 160
+
+
+def test_a_sample_drawn_row_by_row_is_the_one_drawn_in_batches() -> None:
+    # A few rows at a time take the one-at-a-time path: the same draws, the same sample.
+    rows = np.arange(5000, dtype=np.float32).reshape(-1, 1)
+    a, b = Reservoir(300, 1, seed=4), Reservoir(300, 1, seed=4)
+    a.extend(rows)
+    for start in range(0, 5000, 3):
+        b.extend(rows[start : start + 3])
+    assert a.seen == b.seen == 5000
+    assert a.snapshot().tolist() == b.snapshot().tolist()
+
+
+def test_windows_and_samples_take_memory_as_they_fill() -> None:
+    w = Window(1000, 3)
+    assert w.nbytes == 0
+    w.extend(np.zeros((1, 3), dtype=np.float32))
+    assert w.nbytes == 16 * 3 * 4
+    w.extend(np.zeros((100, 3), dtype=np.float32))
+    assert w.nbytes == 101 * 3 * 4 and not w.full  # at least doubled, at least enough
+    w.extend(np.zeros((2000, 3), dtype=np.float32))
+    assert w.nbytes == 1000 * 3 * 4 and w.full
+    r = Reservoir(1000, 3, seed=1)
+    assert r.nbytes == 0 and not r.sampling
+    r.extend(np.zeros((5, 3), dtype=np.float32))
+    assert r.nbytes == 16 * 3 * 4 and r.sampling

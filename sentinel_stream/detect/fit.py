@@ -1,0 +1,113 @@
+"""Fitting: scikit-learn's IsolationForest, compiled for scoring.
+
+The only module of the detector that imports scikit-learn (about 120 MiB of a process's
+memory): the refit workers import it, the process that scores does not, unless it fits
+inline (``SENTINEL_REFIT_WORKERS=0``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import IsolationForest
+from sklearn.tree import ExtraTreeRegressor
+
+from sentinel_stream.detect.forest import CompiledForest
+
+F64 = npt.NDArray[np.float64]
+
+
+class _RecordingTree(ExtraTreeRegressor):  # type: ignore[misc]
+    """scikit-learn's isolation tree, unchanged, that also keeps the rows it was fit on.
+
+    IsolationForest hands each tree its sample as weights over every row (0 for rows not
+    drawn). sklearn's own ``estimators_samples_`` draws the samples again from the
+    seeds, a random generator per tree, about a tenth of a fit's time; the weights the
+    tree was given say the same for free (``tests/unit/test_forest.py`` proves the two
+    equal).
+    """
+
+    def fit(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        sample_weight: npt.ArrayLike | None = None,
+        check_input: bool = True,
+    ) -> _RecordingTree:
+        self.sample_rows_ = None if sample_weight is None else np.flatnonzero(sample_weight)
+        super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
+        return self
+
+
+class _IsolationForest(IsolationForest):  # type: ignore[misc]
+    """sklearn's IsolationForest with :class:`_RecordingTree` trees (same trees, same
+    scores)."""
+
+    def _get_estimator(self) -> ExtraTreeRegressor:
+        return _RecordingTree(**super()._get_estimator().get_params())
+
+
+def in_bag_rows(model: IsolationForest) -> npt.NDArray[np.intp]:
+    """(trees, max_samples): the rows each tree was fit on."""
+    rows = [getattr(est, "sample_rows_", None) for est in model.estimators_]
+    if all(r is not None and len(r) == model._max_samples for r in rows):
+        return np.stack(rows).astype(np.intp, copy=False)  # type: ignore[arg-type]
+    return np.asarray(model.estimators_samples_, dtype=np.intp)
+
+
+def out_of_bag_scores(
+    forest: CompiledForest, x: npt.ArrayLike, samples: npt.NDArray[np.intp]
+) -> F64:
+    """Each training row's score from the trees that did not sample it.
+
+    A tree scores its own sample lower than it will score new rows from the same
+    distribution (a sampled row sets the ranges it is measured against), so a threshold
+    taken from in-bag scores flags too much new normal traffic. Out of bag, a training
+    row is as new to the trees as tomorrow's rows are. A row every tree sampled (a fit
+    on no more rows than ``max_samples``) keeps its in-bag score.
+    """
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    in_bag = np.zeros((forest.n_trees, len(x32)), dtype=np.bool_)
+    in_bag[np.arange(forest.n_trees)[:, None], samples] = True
+    return forest.scores_of(forest.path_lengths(x32, in_bag))
+
+
+def fit_forest(
+    x: npt.ArrayLike,
+    n_estimators: int,
+    max_samples: int,
+    seed: int | None,
+    one_sided: Sequence[int] = (),
+) -> tuple[CompiledForest, IsolationForest]:
+    """Fit sklearn's IsolationForest on ``x`` and compile it, range-aware; features in
+    ``one_sided`` count as typical below their median over ``x``."""
+    forest, model, _ = fit_scored(x, n_estimators, max_samples, seed, one_sided, oob=False)
+    return forest, model
+
+
+def fit_scored(
+    x: npt.ArrayLike,
+    n_estimators: int,
+    max_samples: int,
+    seed: int | None,
+    one_sided: Sequence[int] = (),
+    oob: bool = True,
+) -> tuple[CompiledForest, IsolationForest, F64 | None]:
+    """:func:`fit_forest`, and the training rows' out-of-bag scores (with ``oob``)."""
+    data = np.asarray(x, dtype=np.float32)
+    model = _IsolationForest(
+        n_estimators=n_estimators,
+        max_samples=min(max_samples, len(data)),
+        contamination="auto",
+        random_state=seed,
+        n_jobs=1,
+    )
+    model.fit(data)
+    floor = np.full(data.shape[1], -np.inf, dtype=np.float32)
+    for f in one_sided:
+        floor[f] = np.median(data[:, f])
+    samples = in_bag_rows(model)
+    forest = CompiledForest.from_sklearn(model, data, floor, samples)
+    return forest, model, out_of_bag_scores(forest, data, samples) if oob else None
