@@ -155,3 +155,22 @@ def test_refits_of_a_route_whose_traffic_stays_put_back_off_and_come_back_when_i
     # Latency doubles (not flagged, but a tail full of it): refits come back at once.
     moved = feed(rows(300, 200.0))
     assert moved >= 3, moved
+
+
+def test_refit_workers_run_at_a_lower_cpu_priority() -> None:
+    # A fit must not take the core the consumer loop needs: the worker process is
+    # `nice`r than the service by the setting.
+    import psutil
+
+    base = psutil.Process().nice()
+    refitter = ProcessRefitter(1, nice=7)
+    try:
+        refitter.submit("/n", True, lambda: _request("/n", 1))
+        assert refitter.wait_idle(120)
+        (result,) = refitter.collect()
+        assert result.error is None
+        # The pool's worker, beside multiprocessing's own helpers (at the service's nice).
+        nices = {p.nice() for p in psutil.Process().children()}
+        assert min(base + 7, 19) in nices
+    finally:
+        refitter.close()
