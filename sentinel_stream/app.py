@@ -218,9 +218,9 @@ def settle_heap() -> None:
     The hot paths allocate a few objects per event (the decoded fields, the event, its
     verdict's parts), nearly all dead within the batch. With Python's defaults the
     collector runs every 700 allocations and, every hundred of those, walks every object
-    the process holds, hundreds of thousands of them from start-up alone: measured on
-    the benchmark's stream, ~6 % of the Kafka loop's time, in pauses that land on
-    whichever batch is decoding. Frozen, start-up's objects are never walked again."""
+    the process holds, hundreds of thousands of them from start-up alone, in pauses that
+    land on whichever batch is decoding (the benchmark report has what it cost).
+    Frozen, start-up's objects are never walked again."""
     gc.collect()
     gc.freeze()
     young, middle, old = gc.get_threshold()

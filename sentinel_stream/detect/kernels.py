@@ -101,12 +101,10 @@ def _path_length_2(
     input size: the service's models). Four trees are walked in lockstep, each a step
     per round until all four reach a leaf: their steps do not wait on each other, so the
     CPU overlaps four chains of dependent loads (a walk is bound by the latency of each
-    node's load, not by arithmetic: ``bench/forest_layout.py``, 100 trees, cycling over
-    200 models, measured 4.2 µs a row in batches of 10 and 2.3 in batches of 1,000,
-    against 6.0 and 3.1 walking two at a time). The two features are held in
-    registers, not read from memory at every split. Trees whose root is a leaf, and the
-    last few, go two at a time. The same arithmetic as :func:`tree_path_length`, summed
-    in tree order, so the totals are bit for bit its."""
+    node's load, not by arithmetic; ``bench/forest_layout.py`` measures the gain). The
+    two features are held in registers, not read from memory at every split. Trees
+    whose root is a leaf, and the last few, go two at a time. The same arithmetic as
+    :func:`tree_path_length`, summed in tree order: the totals are bit for bit its."""
     n_trees = root.shape[0]
     v0, v1 = v[0], v[1]
     total = 0.0
