@@ -290,6 +290,15 @@ def profile_section(res: dict[str, Any]) -> list[str]:
         "",
         stage_profile.render(p),
     ]
+    g = c.get("gc")
+    if g:
+        out += [
+            "",
+            f"Garbage collections during the on-CPU run: {_n(g['collections'])}, "
+            f"{g['seconds']:.3f} s in all (the service freezes start-up's heap and collects "
+            "the young generation every 10,000 net allocations: `sentinel_stream/app.py`, "
+            "`settle_heap`).",
+        ]
     return out
 
 
