@@ -309,6 +309,9 @@ class Detector:
         self._least_wait = min(params.min_history, params.refit_every)
         """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
+        self._graded = rules.graded
+        """Rows the rules do not flag score by :meth:`RuleScorer.graded_scores` until the
+        route's first model (features of unknown meaning)."""
 
     # -- state -------------------------------------------------------------------------
 
@@ -422,8 +425,13 @@ class Detector:
                 rows, state.rule_reference, state.rule_scale, None, self._cols, threshold,
                 RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin, np.inf,
             )  # fmt: skip
+            scores = j.scores
+            if self._graded:
+                graded = self.rules.graded_scores(rows, state.baseline)
+                if graded is not None:
+                    scores = np.where(j.flags, scores, graded)
             scored = Scored(
-                j.scores, j.flags, j.deviations, threshold, "rules", None, len(state.window),
+                scores, j.flags, j.deviations, threshold, "rules", None, len(state.window),
                 state.baseline,
             )  # fmt: skip
         n = len(rows)

@@ -48,6 +48,9 @@ from sentinel_stream.detect.baseline import Baseline
 RULES_THRESHOLD = 0.5
 RULE_MIN_HISTORY = 8
 """Events a route needs before rules compare with its own values rather than cold defaults."""
+GRADED_UNIT = 1.0
+"""Spreads (p10-p90) from the median at which a row the rules do not flag scores half
+their threshold (:meth:`RuleScorer.graded_scores`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,37 @@ class RuleScorer:
         )
         unit = np.maximum(unit, GENERIC_LEAST_UNIT)
         return np.where(self._relative, unit, self.log_factor)
+
+    @property
+    def graded(self) -> bool:
+        """Rows these rules do not flag get a graded score (:meth:`graded_scores`), not 0:
+        rules for features of unknown meaning, whose reference is the largest value seen
+        (every ordinary row lies below it and would score 0)."""
+        return bool(self._relative.any())
+
+    def graded_scores(
+        self, rows: npt.NDArray[np.float32], baseline: Baseline | None
+    ) -> npt.NDArray[np.float64] | None:
+        """How unusual each row is before a route has a model, below the rules' threshold.
+
+        A row's distance from the median, in each feature's p10-p90 spread, the largest
+        over the features (``d``), scores ``RULES_THRESHOLD * d**4 / (d**4 + 1)``: half
+        the threshold one spread away, 0.47 at two, never the threshold itself, so
+        nothing more is flagged and nothing less is learnt. What it buys is the ranking:
+        an anomaly that arrives before the route's first model would otherwise score 0,
+        as low as its most typical row. Steep, so that ordinary rows score well below what
+        a forest gives ordinary rows (about 0.45) and far rows near it. The median and
+        spreads are the route's; with fewer than ``RULE_MIN_HISTORY`` rows learnt, the
+        batch's own (its first batch is scored against itself). None with neither.
+        """
+        if baseline is None or baseline.count < RULE_MIN_HISTORY:
+            if len(rows) < RULE_MIN_HISTORY:
+                return None
+            baseline = Baseline.of(rows)
+        d = np.abs(rows.astype(np.float64) - baseline.median) / (GRADED_UNIT * baseline.spread)
+        d4 = np.square(np.square(d.max(axis=1)))
+        graded: npt.NDArray[np.float64] = RULES_THRESHOLD * d4 / (d4 + 1.0)
+        return graded
 
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
