@@ -427,7 +427,7 @@ class Detector:
             )  # fmt: skip
             scores = j.scores
             if self._graded:
-                graded = self.rules.graded_scores(rows, state.baseline)
+                graded = self.rules.graded_scores(rows, state.window.snapshot())
                 if graded is not None:
                     scores = np.where(j.flags, scores, graded)
             scored = Scored(
