@@ -97,6 +97,9 @@ class Member:
         self._thread = threading.Thread(target=self.pipeline.run, name=PIPELINE_THREAD, daemon=True)
 
     def start(self) -> Member:
+        from sentinel_stream.app import settle_heap
+
+        settle_heap()  # as the service does before its loop starts
         self._thread.start()
         return self
 

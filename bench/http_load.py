@@ -10,7 +10,9 @@ bodies cycling over warmed routes.
   ``score_samples`` call per request;
 - ``sentinel``: ``sentinel-stream run`` on a real broker, HTTP events forwarded to Kafka
   as in production (the Kafka loop learns them meanwhile), routes warmed until they have
-  models.
+  models;
+- ``no-forward``: the same with ``SENTINEL_HTTP_FORWARD=false``, its routes warmed through
+  Kafka: what forwarding costs the HTTP side.
 
 With ``--owner``, the cost of asking the owner: two members of one group on a two-partition
 input topic, routes whose partition member ``a`` owns, warmed until both members answer
@@ -208,7 +210,29 @@ def warm(port: int, routes: list[str], timeout: float = 180.0) -> None:
         raise SystemExit(f"routes did not get models in {timeout:.0f} s")
 
 
-def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
+def feed_kafka(bootstrap: str, topic: str, routes: list[str], per_route: int) -> None:
+    """Each route's traffic straight into the input topic (the warm-up of a member that
+    does not forward its HTTP events)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(per_route * len(routes)):
+        b = body(i)
+        p.produce(topic, json.dumps(b).encode(), str(b["route"]).encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    if p.flush(60) != 0:
+        raise SystemExit("could not feed the input topic")
+
+
+def run_sentinel(
+    bootstrap: str, seconds: float, connections: int, tmp: Path, forward: bool = True
+) -> dict[str, Any]:
+    """``sentinel-stream run`` under wrk; without ``forward``, its routes learn from
+    events fed to Kafka directly and the HTTP events go nowhere but their answers (what
+    forwarding costs the HTTP side, on a machine where wrk, the broker and the member
+    share the cores: each forwarded request is two more records for librdkafka and the
+    broker, and an event the Kafka loop scores on the same interpreter)."""
     port = free_port()
     prefix = f"bench-http-{port}"
     env = {
@@ -220,6 +244,7 @@ def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) ->
         "SENTINEL_CREATE_TOPICS": "true",
         "SENTINEL_PORT": str(port),
         "SENTINEL_LOG_LEVEL": "warning",
+        "SENTINEL_HTTP_FORWARD": "true" if forward else "false",
     }
     log = (tmp / "sentinel.log").open("wb")
     proc = subprocess.Popen(
@@ -227,8 +252,11 @@ def run_sentinel(bootstrap: str, seconds: float, connections: int, tmp: Path) ->
     )
     try:
         wait_port(port)
+        if not forward:
+            feed_kafka(bootstrap, env["SENTINEL_INPUT_TOPIC"], ROUTES, 600)
         warm(port, ROUTES)
-        return {"case": "sentinel", **wrk(port, seconds, connections, tmp)}
+        case = "sentinel" if forward else "no-forward"
+        return {"case": case, **wrk(port, seconds, connections, tmp)}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -332,6 +360,7 @@ def main() -> int:
 
         def with_broker(bootstrap: str) -> None:
             rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp))
+            rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp, False))
             if args.owner:
                 rows.extend(run_owner(bootstrap, args.seconds, args.connections, tmp))
 
@@ -350,10 +379,10 @@ def main() -> int:
         print(json.dumps(rows))
         return 0
     print(f"POST /analyze-flow, concurrency {args.connections}, {args.seconds:.0f} s each (wrk)")
-    print(f"{'case':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs plain':>10}{'non-2xx':>9}")
+    print(f"{'case':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs plain':>10}{'non-2xx':>9}")
     for r in rows:
         print(
-            f"{r['case']:<10}{r['requests_per_s']:>10,}{r['p50_ms']:>9}{r['p99_ms']:>9}"
+            f"{r['case']:<12}{r['requests_per_s']:>10,}{r['p50_ms']:>9}{r['p99_ms']:>9}"
             f"{r['ratio_to_plain']:>10}{r['non_2xx']:>9}"
         )
     return 0

@@ -29,6 +29,7 @@ its innermost frame that one of the rules below names:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import linecache
 import os
@@ -38,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -180,11 +182,36 @@ def aggregate(raw: str, thread: str = THREAD) -> dict[str, Any]:
 # -- the child: the pipeline, profiled ------------------------------------------------------
 
 
+class GcPauses:
+    """The garbage collector's runs in this process and the time they took (any thread's:
+    the loop's thread is where nearly all of its allocations are)."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.reset()
+        gc.callbacks.append(self._callback)
+
+    def reset(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def taken(self) -> dict[str, float]:
+        return {"collections": self.collections, "seconds": round(self.seconds, 4)}
+
+
 def child(args: argparse.Namespace) -> int:
     """Run the pipeline; once it has its partitions, profile this process until every
     event is handled (startup and joining the group are left out)."""
     member = Member(settings_for(args.bootstrap, args.prefix)).start()
     status = member.pipeline.status
+    pauses = GcPauses()
     if not wait_until(lambda: bool(status.assigned) and not status.restoring, 120, 0.05):
         member.stop()
         return 1
@@ -195,7 +222,9 @@ def child(args: argparse.Namespace) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    pauses.reset()
     ok = wait_until(lambda: member.records >= args.events, 600, 0.05)
+    Path(args.out + ".gc.json").write_text(json.dumps(pauses.taken()), encoding="utf-8")
     spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled, and exits
     try:
         spy.wait(60)
@@ -230,11 +259,14 @@ def profile_once(
         if run.returncode != 0 or not out.exists():
             raise RuntimeError(f"profiled run failed ({run.returncode}): {run.stderr[-1500:]}")
         raw = out.read_text(encoding="utf-8", errors="replace")
+        gc_file = Path(str(out) + ".gc.json")
+        pauses = json.loads(gc_file.read_text(encoding="utf-8")) if gc_file.exists() else None
     stamps = read_stamps(bootstrap, f"{prefix}.out", len(events), 120)
     res = aggregate(raw)
     ts = sorted(stamps.values())
     busy_s = (ts[-1] - ts[0]) / 1000.0 if len(ts) > 1 else 0.0
     res["events_per_s"] = round(throughput_of(stamps))
+    res["gc"] = pauses
     res["processing_s"] = round(busy_s, 2)
     # samples taken / samples a thread busy all along would give
     res["busy_share"] = round(res["samples"] / (rate * busy_s), 3) if busy_s else None

@@ -56,6 +56,7 @@ from bench.common import (
     settings_for,
     wait_until,
 )
+from sentinel_stream.app import settle_heap
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
@@ -236,6 +237,7 @@ def run_case(
     )
     preload(bootstrap, s.input_topic, events)
     runner = make(s)
+    settle_heap()  # as the service does before its loop starts (every case alike)
     thread = threading.Thread(target=runner.run, name=f"bench-{name}", daemon=True)
     thread.start()
     n = len(events)

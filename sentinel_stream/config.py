@@ -264,6 +264,15 @@ class Settings(BaseSettings):
         "this process may use (its affinity, capped by a cgroup CPU quota) less one for "
         f"the consumer loop, at least 1 and at most {MAX_DEFAULT_REFIT_WORKERS}",
     )
+    refit_nice: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=19,
+            description="how much lower the refit processes' CPU priority is than the "
+            "service's (nice): fits wait, the consumer loop's verdicts do not",
+        ),
+    ] = 10
     n_estimators: Annotated[int, Field(ge=1, le=1000, description="trees per model")] = (
         _D.n_estimators
     )

@@ -41,7 +41,7 @@ def _split(
     """One split of a walk: the child ``x`` goes to, and the path and survival after
     the chance of being cut off here (see :mod:`.forest`)."""
     right = x > split[k, 0]
-    child = nodes[k, 2] if right else nodes[k, 1]
+    child = nodes[k, 1 + np.intp(right)]
     lo = split[k, 1]
     hi = split[k, 2]
     if x > hi or x < lo:  # beyond the split's range (never, inside it)
@@ -98,15 +98,50 @@ def _path_length_2(
     v: F32, nodes: I16, split: F32, root: I16, tree_start: npt.NDArray[np.int32], table: F64
 ) -> float:  # pragma: no cover - compiled
     """Total path length over every tree of a row of two model features (latency and
-    input size: the service's models). Two trees are walked at once: their steps do not
-    wait on each other, so the CPU overlaps them; the two features are held in
-    registers, not read from memory at every split. The same arithmetic as
-    :func:`tree_path_length`, summed in tree order."""
+    input size: the service's models). Four trees are walked in lockstep, each a step
+    per round until all four reach a leaf: their steps do not wait on each other, so the
+    CPU overlaps four chains of dependent loads (a walk is bound by the latency of each
+    node's load, not by arithmetic; ``bench/forest_layout.py`` measures the gain). The
+    two features are held in registers, not read from memory at every split. Trees
+    whose root is a leaf, and the last few, go two at a time. The same arithmetic as
+    :func:`tree_path_length`, summed in tree order: the totals are bit for bit its."""
     n_trees = root.shape[0]
     v0, v1 = v[0], v[1]
     total = 0.0
     t = 0
     while t < n_trees:
+        if t + 3 < n_trees and min(root[t], root[t + 1], root[t + 2], root[t + 3]) >= 0:
+            b0 = tree_start[t]
+            b1 = tree_start[t + 1]
+            b2 = tree_start[t + 2]
+            b3 = tree_start[t + 3]
+            c0 = c1 = c2 = c3 = 0
+            p0 = p1 = p2 = p3 = 0.0
+            a0 = a1 = a2 = a3 = 1.0
+            l0 = l1 = l2 = l3 = 0
+            while c0 >= 0 or c1 >= 0 or c2 >= 0 or c3 >= 0:
+                if c0 >= 0:
+                    k0 = b0 + c0
+                    c0, p0, a0 = _split(v1 if nodes[k0, 0] else v0, k0, nodes, split, l0, p0, a0)
+                    l0 += 1
+                if c1 >= 0:
+                    k1 = b1 + c1
+                    c1, p1, a1 = _split(v1 if nodes[k1, 0] else v0, k1, nodes, split, l1, p1, a1)
+                    l1 += 1
+                if c2 >= 0:
+                    k2 = b2 + c2
+                    c2, p2, a2 = _split(v1 if nodes[k2, 0] else v0, k2, nodes, split, l2, p2, a2)
+                    l2 += 1
+                if c3 >= 0:
+                    k3 = b3 + c3
+                    c3, p3, a3 = _split(v1 if nodes[k3, 0] else v0, k3, nodes, split, l3, p3, a3)
+                    l3 += 1
+            total += _leaf(p0, a0, l0, c0, table)
+            total += _leaf(p1, a1, l1, c1, table)
+            total += _leaf(p2, a2, l2, c2, table)
+            total += _leaf(p3, a3, l3, c3, table)
+            t += 4
+            continue
         if t + 1 == n_trees or root[t] < 0 or root[t + 1] < 0:
             for u in range(t, min(t + 2, n_trees)):
                 total += tree_path_length(v, u, nodes, split, root, tree_start, table)

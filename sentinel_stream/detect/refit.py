@@ -22,6 +22,7 @@ use it so that results do not depend on timing.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -99,9 +100,16 @@ def fit_route(request: FitRequest) -> FitResult:
     )
 
 
-def _load_fit() -> None:
+def _load_fit(nice: int = 0) -> None:
     """A worker's start: import what a fit needs (scikit-learn) before the first request,
-    and nothing else: the scoring kernels (numba) stay out of the worker."""
+    and nothing else: the scoring kernels (numba) stay out of the worker.
+
+    ``nice``: how much lower than the service's the worker's CPU priority is. A fit is
+    background work that can wait a few milliseconds; the consumer loop's batch cannot
+    (on a machine with fewer spare cores than workers, equal priority lets a fit hold
+    the core the loop needs and every verdict waits behind it)."""
+    if nice > 0:
+        os.nice(nice)
     import sentinel_stream.detect.fit  # noqa: F401
 
 
@@ -159,10 +167,11 @@ class InlineRefitter:
 class ProcessRefitter:
     """Fits in worker processes, first fits and refits in turn, at most ``workers`` at once."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, nice: int = 0) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self._workers = workers
+        self._nice = nice
         self._first: deque[tuple[str, RequestFactory]] = deque()
         self._again: deque[tuple[str, RequestFactory]] = deque()
         self._inflight: dict[Future[FitResult], tuple[str, int]] = {}
@@ -179,6 +188,7 @@ class ProcessRefitter:
             self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_load_fit,
+            initargs=(self._nice,),
         )
 
     def submit(self, route: str, first: bool, make: RequestFactory) -> None:
@@ -253,6 +263,6 @@ class ProcessRefitter:
         self._inflight.clear()
 
 
-def make_refitter(workers: int) -> Refitter:
-    """Worker processes, or inline fits with ``workers == 0``."""
-    return ProcessRefitter(workers) if workers > 0 else InlineRefitter()
+def make_refitter(workers: int, nice: int = 0) -> Refitter:
+    """Worker processes (``nice`` lower in priority), or inline fits with ``workers == 0``."""
+    return ProcessRefitter(workers, nice) if workers > 0 else InlineRefitter()

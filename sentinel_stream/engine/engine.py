@@ -75,7 +75,9 @@ class Engine:
         self.detector = Detector(
             DetectorParams.from_settings(settings),
             self.rules,
-            refitter if refitter is not None else make_refitter(settings.refit_workers),
+            refitter
+            if refitter is not None
+            else make_refitter(settings.refit_workers, settings.refit_nice),
         )
         self._cold_reference = self.rules.reference(None)
         self._lock = threading.Lock()

@@ -135,9 +135,9 @@ def mebibytes(quantity: str) -> float:
     return float(quantity[:-2]) * units[quantity[-2:]]
 
 
-REFIT_WORKER_MIB = 250
-"""A refit worker process's resident memory, measured beside the main process (numpy,
-scikit-learn and numba loaded): docs/operations.md, "Sizing"."""
+REFIT_WORKER_MIB = 160
+"""A refit worker process's resident memory (NumPy and scikit-learn; it loads no numba),
+with multiprocessing's resource tracker: bench/memory.py, docs/operations.md "Sizing"."""
 
 
 def test_memory_limit_and_alert_agree(kinds: dict[str, dict[str, Any]]) -> None:

@@ -175,3 +175,22 @@ def test_a_threshold_is_read_from_the_top_5_percent_of_a_full_windows_scores() -
     assert oob is not None
     assert result.threshold == tail_threshold(oob, 0.001, 0.05)
     assert result.threshold != tail_threshold(oob, 0.001, TAIL)
+
+
+def test_refit_workers_run_at_a_lower_cpu_priority() -> None:
+    # A fit must not take the core the consumer loop needs: the worker process is
+    # `nice`r than the service by the setting.
+    import psutil
+
+    base = psutil.Process().nice()
+    refitter = ProcessRefitter(1, nice=7)
+    try:
+        refitter.submit("/n", True, lambda: _request("/n", 1))
+        assert refitter.wait_idle(120)
+        (result,) = refitter.collect()
+        assert result.error is None
+        # The pool's worker, beside multiprocessing's own helpers (at the service's nice).
+        nices = {p.nice() for p in psutil.Process().children()}
+        assert min(base + 7, 19) in nices
+    finally:
+        refitter.close()
