@@ -41,6 +41,10 @@ The policy, in the order a batch meets it:
    percentile as on the day it was fit, doubles the rows between refits up to
    four windows; traffic that moves brings it back to ``refit_every`` (a fit is the
    costliest thing the detector does, and refitting on the same traffic buys nothing).
+   A young route (its model fit on less than a window) whose traffic has moved, more
+   than 15 % of it in the model's tail over ``min_history`` rows, is refit after
+   ``min_history`` admitted rows: it has learnt too little to hold against its traffic,
+   and a shift the rows that teach follow is learnt in half the rows.
    A route that has had a model (one dropped by ``max_models``)
    asks again as a refit, on the refit cadence, not as a first fit at once; a route
    whose fit failed waits ``refit_every`` admitted rows (doubling with each further
@@ -91,6 +95,10 @@ a mature route's default ``drift_events`` is five windows)."""
 MOVED_TAIL_SHARE = 1.5 * TAIL
 """Traffic has moved when more than this share of the rows scored since the last fit lie
 above the model's out-of-bag 90th percentile (a tenth do while it has not)."""
+MOVED_MIN_SCORED = 100
+"""Fewest rows scored since a young route's last fit before its traffic is said to have
+moved: over 20 rows, more than 15 % in a tail that holds a tenth comes one time in eight
+by chance; over 100, one in twenty-five."""
 MAX_REFIT_SPACING_WINDOWS = 4
 """A mature route whose traffic stays what its model was fit on is refit at least every
 this many windows of admitted rows."""
@@ -309,6 +317,9 @@ class Detector:
         self._least_wait = min(params.min_history, params.refit_every)
         """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
+        self._graded = rules.graded
+        """Rows the rules do not flag score by :meth:`RuleScorer.graded_scores` until the
+        route's first model (features of unknown meaning)."""
 
     # -- state -------------------------------------------------------------------------
 
@@ -422,8 +433,13 @@ class Detector:
                 rows, state.rule_reference, state.rule_scale, None, self._cols, threshold,
                 RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin, np.inf,
             )  # fmt: skip
+            scores = j.scores
+            if self._graded:
+                graded = self.rules.graded_scores(rows, state.window.snapshot())
+                if graded is not None:
+                    scores = np.where(j.flags, scores, graded)
             scored = Scored(
-                j.scores, j.flags, j.deviations, threshold, "rules", None, len(state.window),
+                scores, j.flags, j.deviations, threshold, "rules", None, len(state.window),
                 state.baseline,
             )  # fmt: skip
         n = len(rows)
@@ -557,13 +573,36 @@ class Detector:
             # accepted, point 3) is replaced as soon as a first fit would be.
             return p.min_history
         model = state.model
-        if model is None or model.trained_on < p.history_max:
-            return p.refit_every
+        if model is None:
+            return p.refit_every  # a dropped model: the refit cadence, not a first fit's
+        if model.trained_on < p.history_max:
+            # A young route (its model fit on less than a window) whose traffic moved is
+            # refit as soon as a first fit would be: what it has learnt is too little to
+            # hold against the traffic (as its patience, point 3). A mature route's is not
+            # hurried: a burst of attacks moves its traffic too.
+            return min(p.min_history, p.refit_every) if self._moved(state) else p.refit_every
         # Traffic that moved puts more than a tenth of its rows in the model's tail.
         moved = state.tail_hits > MOVED_TAIL_SHARE * state.scored_since_fit
         if moved and state.admitted_since_fit >= p.refit_every:
             state.refit_backoff = 0
         return p.refit_every << state.refit_backoff
+
+    def _moved(self, state: RouteState) -> bool:
+        """A young route's traffic scored since its last fit has moved from what its model
+        was fit on: more than a tenth of it (``MOVED_TAIL_SHARE``) in the model's tail,
+        over at least ``min_history`` and ``MOVED_MIN_SCORED`` rows. Not said of a model
+        fit on fewer rows than a tree samples (``max_samples``), or than twice
+        ``min_history``: its trees sample half of its rows (:mod:`.refit`), its
+        out-of-bag tail is too low, and traffic that has not moved lies in it more often
+        than one time in ten (a quarter of the time for a first model of 128 rows)."""
+        model = state.model
+        p = self.params
+        return (
+            model is not None
+            and model.trained_on >= max(2 * p.min_history, p.max_samples)
+            and state.scored_since_fit >= max(p.min_history, MOVED_MIN_SCORED)
+            and state.tail_hits > MOVED_TAIL_SHARE * state.scored_since_fit
+        )
 
     def _request_for(self, route: str, state: RouteState) -> RequestFactory:
         params = self.params

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sentinel_stream.detect.forest import CompiledForest
-from sentinel_stream.detect.threshold import TAIL, tail_threshold
+from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,9 @@ def fit_route(request: FitRequest) -> FitResult:
         request.rows, request.n_estimators, max_samples, request.seed, request.one_sided
     )
     assert train_scores is not None
-    threshold = tail_threshold(train_scores, request.contamination)
+    threshold = tail_threshold(
+        train_scores, request.contamination, threshold_tail(len(train_scores))
+    )
     tail_score = float(np.quantile(train_scores, 1.0 - TAIL))
     threshold = min(max(threshold, request.score_floor), 1.0)
     return FitResult(

@@ -48,6 +48,9 @@ from sentinel_stream.detect.baseline import Baseline
 RULES_THRESHOLD = 0.5
 RULE_MIN_HISTORY = 8
 """Events a route needs before rules compare with its own values rather than cold defaults."""
+GRADED_NEIGHBOURS = 5
+"""The neighbour whose distance grades a row before a route's first model
+(:meth:`RuleScorer.graded_scores`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,46 @@ class RuleScorer:
         unit = np.maximum(unit, GENERIC_LEAST_UNIT)
         return np.where(self._relative, unit, self.log_factor)
 
+    @property
+    def graded(self) -> bool:
+        """Rows these rules do not flag get a graded score (:meth:`graded_scores`), not 0:
+        rules for features of unknown meaning, whose reference is the largest value seen
+        (every ordinary row lies below it and would score 0)."""
+        return bool(self._relative.any())
+
+    def graded_scores(
+        self, rows: npt.NDArray[np.float32], history: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float64] | None:
+        """How unusual each row is before a route has a model, below the rules' threshold.
+
+        A row's distance to its ``GRADED_NEIGHBOURS``-th nearest row of the route's history
+        (the features in units of their p10-p90 spread), over the same distance of a
+        typical history row (``r``), scores ``RULES_THRESHOLD * r**4 / (r**4 + 1)``: a
+        quarter of the threshold for a typical row, 0.47 at twice its distance, never the
+        threshold itself, so nothing more is flagged and nothing less is learnt. What it
+        buys is the ranking: an anomaly that arrives before the route's first model would
+        otherwise score 0, as low as its most typical row; and one unusual only in the
+        combination of its values (no feature far from its median) is still far from its
+        neighbours. Steep, so that ordinary rows score well below what a forest gives
+        ordinary rows (about 0.45) and far ones near it. With fewer than
+        ``RULE_MIN_HISTORY`` rows learnt, the batch is its own history (its first batch
+        is scored against itself); None with fewer rows than that in both.
+        """
+        own = len(history) < RULE_MIN_HISTORY
+        reference = rows if own else history
+        if len(reference) < RULE_MIN_HISTORY:
+            return None
+        base = Baseline.of(reference)
+        ref = (reference.astype(np.float64) - base.median) / base.spread
+        x = (rows.astype(np.float64) - base.median) / base.spread
+        k = min(GRADED_NEIGHBOURS, len(ref) - 1)
+        among = _kth_distance(ref, ref, k, itself=True)
+        typical = max(float(np.median(among)), 1e-12)
+        r = (among if own else _kth_distance(x, ref, k, itself=False)) / typical
+        r4 = np.square(np.square(r))
+        graded: npt.NDArray[np.float64] = RULES_THRESHOLD * r4 / (r4 + 1.0)
+        return graded
+
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
         threshold: anomalous by the rules alone, whatever a model says."""
@@ -155,3 +198,16 @@ def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer
     return RuleScorer(
         tuple(RuleSpec(factor, "max", math.inf, relative=True) for _ in range(n_features))
     )
+
+
+def _kth_distance(
+    x: npt.NDArray[np.float64], ref: npt.NDArray[np.float64], k: int, itself: bool
+) -> npt.NDArray[np.float64]:
+    """Each row of ``x``'s Euclidean distance to its ``k``-th nearest row of ``ref``
+    (``itself``: ``x`` is ``ref``, and a row is not its own neighbour)."""
+    sq = np.square(x).sum(axis=1)[:, None] + np.square(ref).sum(axis=1)[None, :] - 2.0 * (x @ ref.T)
+    if itself:
+        np.fill_diagonal(sq, np.inf)
+    kth = np.partition(sq, k - 1, axis=1)[:, k - 1]
+    out: npt.NDArray[np.float64] = np.sqrt(np.maximum(kth, 0.0))
+    return out

@@ -173,6 +173,43 @@ def test_a_route_that_begins_in_trouble_recovers_within_two_windows(
     assert normal[1000:2000].mean() < 0.01
 
 
+def test_an_anomaly_before_the_first_model_outranks_the_ordinary_rows_around_it() -> None:
+    # Until a route of unknown features has a model, the rules flag only what lies far
+    # beyond everything seen; the rows they leave alone are graded (not all 0), so an
+    # anomaly among them ranks above ordinary rows, in the first batch too, and is
+    # flagged no more than before.
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(100, 6)).astype(np.float32)
+    rows[[20, 70], 3] = [5.0, -5.0]
+    scores, flags = stream(unknown_features_detector(6), rows)
+    ordinary = np.delete(scores, [20, 70])
+    assert scores[20] > ordinary.max() and scores[70] > ordinary.max()
+    assert not flags.any() and scores.max() < 0.5
+
+
+def test_a_young_route_whose_traffic_moved_is_refit_as_soon_as_a_first_fit() -> None:
+    # A first model fit on 300 rows (one batch), then traffic that moves by one
+    # standard deviation on every feature: mostly below the threshold, so it teaches,
+    # but much of it lies in the model's tail. The young route (its model fit on less
+    # than a window) asks for a refit after min_history admitted rows, not
+    # refit_every; the same route on traffic that did not move waits its refit_every.
+    rng = np.random.default_rng(7)
+    steady = rng.normal(size=(700, 6)).astype(np.float32)
+    moved = steady.copy()
+    moved[350:] += 1.0
+
+    def version_at_the_end(rows: np.ndarray) -> int:
+        d = unknown_features_detector(6, refit_every=600)
+        d.score_and_learn("r", rows[:300])
+        stream(d, rows[300:])
+        state = d.route_state("r")
+        assert state is not None and state.model is not None
+        return state.model.version
+
+    assert version_at_the_end(steady) == 1
+    assert version_at_the_end(moved) >= 2
+
+
 def test_without_the_young_routes_patience_the_first_model_never_lets_go() -> None:
     # The held-out failure: with a mature route's patience (five windows) from the first
     # event, a route that began with joint shifts flags every normal event that follows,

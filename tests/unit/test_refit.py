@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from sentinel_stream.detect.detector import Detector
+from sentinel_stream.detect.fit import fit_scored
 from sentinel_stream.detect.params import DetectorParams
-from sentinel_stream.detect.refit import FitRequest, InlineRefitter, ProcessRefitter
+from sentinel_stream.detect.refit import FitRequest, InlineRefitter, ProcessRefitter, fit_route
 from sentinel_stream.detect.rules import telemetry_rules
+from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 from tests.support.telemetry import engine, normal, run
 
 
@@ -155,6 +158,23 @@ def test_refits_of_a_route_whose_traffic_stays_put_back_off_and_come_back_when_i
     # Latency doubles (not flagged, but a tail full of it): refits come back at once.
     moved = feed(rows(300, 200.0))
     assert moved >= 3, moved
+
+
+def test_a_threshold_is_read_from_the_top_5_percent_of_a_full_windows_scores() -> None:
+    # A model fit on 2,000 rows reads its threshold from a tail law fit to its top 5 %
+    # of out-of-bag scores (anomalies that taught sit at the top: the narrower the tail,
+    # the closer to the normal rows' own), a young model's from as many as make 30.
+    assert threshold_tail(2000) == 0.05 and threshold_tail(128) == TAIL
+    assert threshold_tail(450) == pytest.approx(30 / 450)
+    rng = np.random.default_rng(4)
+    rows = np.concatenate((rng.normal(size=(1900, 3)), rng.normal(2.5, 0.3, size=(100, 3)))).astype(
+        np.float32
+    )
+    result = fit_route(FitRequest("/t", 1, rows, 100, 256, 0.001, 0.0, 3))
+    _, _, oob = fit_scored(rows, 100, 256, 3)
+    assert oob is not None
+    assert result.threshold == tail_threshold(oob, 0.001, 0.05)
+    assert result.threshold != tail_threshold(oob, 0.001, TAIL)
 
 
 def test_refit_workers_run_at_a_lower_cpu_priority() -> None:

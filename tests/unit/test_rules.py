@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from sentinel_stream.detect.baseline import Baseline
-from sentinel_stream.detect.rules import RuleScorer, generic_rules, telemetry_rules
+from sentinel_stream.detect.rules import (
+    RULES_THRESHOLD,
+    RuleScorer,
+    generic_rules,
+    telemetry_rules,
+)
 from tests.support.telemetry import engine, ev, normal
 
 
@@ -66,3 +71,27 @@ def test_rules_for_unknown_features_leave_ordinary_rows_alone_and_flag_the_far()
     # With no history there is nothing to compare with: nothing is flagged.
     cold = rules.score(far, rules.reference(None), rules.scale(None))
     assert not rules.fires(cold.deviations)[0]
+
+
+def test_rows_the_rules_do_not_flag_are_graded_by_how_far_from_their_neighbours() -> None:
+    rng = np.random.default_rng(3)
+    rules = generic_rules(6)
+    history = rng.normal(size=(500, 6)).astype(np.float32)
+    history[:, 1] = history[:, 0] + 0.1 * history[:, 1]  # two features that move together
+    rows = np.zeros((5, 6), dtype=np.float32)
+    rows[:, 2] = [0.0, 2.0, 4.0, -6.0, 0.0]  # further and further, either side of the median
+    rows[4, :2] = [1.5, -1.5]  # each value ordinary, the two together not
+    graded = rules.graded_scores(rows, history)
+    assert graded is not None
+    assert graded[0] < 0.15 and graded[0] < graded[1] < graded[2] < graded[3]
+    assert graded[3] < RULES_THRESHOLD  # graded, never flagged by it
+    along = rows[4:].copy()
+    along[0, :2] = [1.5, 1.5]
+    graded_along = rules.graded_scores(along, history)
+    assert graded_along is not None and graded[4] > 0.4 > 0.2 > graded_along[0]
+    # The first batch, before any history, is graded against itself.
+    first = rules.graded_scores(np.vstack((history[:60], rows[3:4])), history[:0])
+    assert first is not None and int(np.argmax(first)) == 60
+    assert rules.graded_scores(rows[:2], history[:0]) is None  # too few rows to say
+    # Telemetry's rules have a reference of their own: not graded.
+    assert rules.graded and not telemetry_rules(20.0, 5).graded
