@@ -66,9 +66,11 @@ def _vs_reference(res: dict[str, Any], stem: str) -> tuple[str, bool | None]:
     text = f"{ours['roc_auc']:.4f} / {ours['auprc']:.3f}"
     if not ref or ref.get("rows") != t["rows"]:
         return text + " (no reference for this size)", None
+    # The reference guards against losing quality (to a speed-up, say): a figure above
+    # it is a detection change to record as the new reference, not a failure.
     within = (
-        abs(ours["roc_auc"] - ref["roc_auc"]) <= QUALITY_TOLERANCE
-        and abs(ours["auprc"] - ref["auprc"]) <= QUALITY_TOLERANCE
+        ours["roc_auc"] >= ref["roc_auc"] - QUALITY_TOLERANCE
+        and ours["auprc"] >= ref["auprc"] - QUALITY_TOLERANCE
     )
     return text + f" (reference {ref['roc_auc']:.4f} / {ref['auprc']:.3f})", within
 
@@ -157,7 +159,7 @@ def headline(res: dict[str, Any]) -> list[dict[str, str]]:
             "`evaluate` KDD99 http: rows/s; ROC AUC / AUPRC",
             f"{_n(rps)} rows/s; {text}",
             f"batch IsolationForest {kdd['batch']['roc_auc']:.4f} / {kdd['batch']['auprc']:.3f}",
-            f">= 10,000 rows/s, quality within {QUALITY_TOLERANCE} of the reference",
+            f">= 10,000 rows/s, quality not below the reference by more than {QUALITY_TOLERANCE}",
             None if within is None else (rps >= 10_000 and within),
         )
     syn = _telemetry(res, "synthetic")
@@ -167,7 +169,7 @@ def headline(res: dict[str, Any]) -> list[dict[str, str]]:
             f"`evaluate` synthetic ({_n(syn['rows'])} events): ROC AUC / AUPRC",
             text,
             f"batch IsolationForest {syn['batch']['roc_auc']:.4f} / {syn['batch']['auprc']:.3f}",
-            f"within {QUALITY_TOLERANCE} of the reference",
+            f"not below the reference by more than {QUALITY_TOLERANCE}",
             within,
         )
     for r in (res.get("rewarm") or {}).get("rows", []):
