@@ -392,6 +392,9 @@ def chaos_section(res: dict[str, Any]) -> list[str]:
         f"{c.get('summary') or 'no summary'}).",
         "",
         chaos_table.render(c),
+        "",
+        "At full length (`bash scripts/chaos.sh`: a 60 s outage, twice the events), the last "
+        "run: [chaos_full.md](chaos_full.md).",
     ]
     return out
 
