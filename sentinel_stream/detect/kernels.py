@@ -119,6 +119,8 @@ def _path_length_2(
             p0 = p1 = p2 = p3 = 0.0
             a0 = a1 = a2 = a3 = 1.0
             l0 = l1 = l2 = l3 = 0
+            # Written out four times, not as a loop over small arrays: scalars stay in
+            # registers, and the four walks' loads are what the CPU overlaps.
             while c0 >= 0 or c1 >= 0 or c2 >= 0 or c3 >= 0:
                 if c0 >= 0:
                     k0 = b0 + c0
