@@ -102,9 +102,10 @@ def _path_length_2(
     per round until all four reach a leaf: their steps do not wait on each other, so the
     CPU overlaps four chains of dependent loads (a walk is bound by the latency of each
     node's load, not by arithmetic; ``bench/forest_layout.py`` measures the gain). The
-    two features are held in registers, not read from memory at every split. Trees
-    whose root is a leaf, and the last few, go two at a time. The same arithmetic as
-    :func:`tree_path_length`, summed in tree order: the totals are bit for bit its."""
+    two features are held in registers, not read from memory at every split. A group
+    with a tree whose root is a leaf, and the last few trees, go one at a time. The
+    same arithmetic as :func:`tree_path_length`, summed in tree order: the totals are
+    bit for bit its."""
     n_trees = root.shape[0]
     v0, v1 = v[0], v[1]
     total = 0.0
@@ -144,37 +145,8 @@ def _path_length_2(
             total += _leaf(p3, a3, l3, c3, table)
             t += 4
             continue
-        if t + 1 == n_trees or root[t] < 0 or root[t + 1] < 0:
-            for u in range(t, min(t + 2, n_trees)):
-                total += tree_path_length(v, u, nodes, split, root, tree_start, table)
-            t += 2
-            continue
-        ba = tree_start[t]
-        bb = tree_start[t + 1]
-        ka, kb = ba, bb
-        pa = pb = 0.0
-        aa = ab = 1.0
-        level = 0
-        while True:  # both trees, level by level, until one reaches a leaf
-            ca, pa, aa = _split(v1 if nodes[ka, 0] else v0, ka, nodes, split, level, pa, aa)
-            cb, pb, ab = _split(v1 if nodes[kb, 0] else v0, kb, nodes, split, level, pb, ab)
-            level += 1
-            if ca < 0 or cb < 0:
-                break
-            ka = ba + ca
-            kb = bb + cb
-        la = lb = level
-        while ca >= 0:  # the deeper one alone
-            ka = ba + ca
-            ca, pa, aa = _split(v1 if nodes[ka, 0] else v0, ka, nodes, split, la, pa, aa)
-            la += 1
-        while cb >= 0:
-            kb = bb + cb
-            cb, pb, ab = _split(v1 if nodes[kb, 0] else v0, kb, nodes, split, lb, pb, ab)
-            lb += 1
-        total += _leaf(pa, aa, la, ca, table)
-        total += _leaf(pb, ab, lb, cb, table)
-        t += 2
+        total += tree_path_length(v, t, nodes, split, root, tree_start, table)
+        t += 1
     return total
 
 
