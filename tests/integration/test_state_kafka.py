@@ -113,6 +113,19 @@ def first_after(bootstrap: str, env: dict[str, str], tag: str) -> dict[str, dict
     return {v["route"]: v for v in got.values()}
 
 
+def restarted(
+    bootstrap: str, env: dict[str, str], tmp_path: Path
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Start a second member on the same group: each route's first verdict after it is
+    ready, and its metrics."""
+    again = Member(env, tmp_path, "second")
+    try:
+        again.wait_ready()
+        return first_after(bootstrap, env, "after"), scrape(again.port)
+    finally:
+        again.kill()
+
+
 def test_a_restart_keeps_every_model(bootstrap: str, env_for: Any, tmp_path: Path) -> None:
     env = env_for("a")
     member = Member(env, tmp_path, "first")
@@ -124,13 +137,7 @@ def test_a_restart_keeps_every_model(bootstrap: str, env_for: Any, tmp_path: Pat
     finally:
         member.kill()
     assert '"state_restored"' in log  # the first start restored (nothing) before scoring
-    again = Member(env, tmp_path, "second")
-    try:
-        again.wait_ready()
-        after = first_after(bootstrap, env, "after")
-        metrics = scrape(again.port)
-    finally:
-        again.kill()
+    after, metrics = restarted(bootstrap, env, tmp_path)
     for route, v in after.items():
         assert v["detector"] == "isolation_forest" and not v["warming_up"], (route, v)
         assert v["model_version"] >= versions[route], (route, v["model_version"])
@@ -210,13 +217,7 @@ def test_restore_after_compaction_and_with_unreadable_records(
         return len(read_all(bootstrap, state, lambda got: False, 3)) < written
 
     wait_for(compacted, 120, "the state topic to be compacted")
-    again = Member(env, tmp_path, "second")
-    try:
-        again.wait_ready()
-        after = first_after(bootstrap, env, "after")
-        metrics = scrape(again.port)
-    finally:
-        again.kill()
+    after, metrics = restarted(bootstrap, env, tmp_path)
     for route, v in after.items():
         assert v["detector"] == "isolation_forest" and v["model_version"] >= versions[route]
     assert _sample(metrics, "sentinel_state_records_unreadable_total") == 2
