@@ -29,10 +29,15 @@ WORKDIR /src
 COPY pyproject.toml README.m[d] ./
 COPY sentinel_stream ./sentinel_stream
 # Every dependency ships manylinux wheels for CPython 3.11 (confluent-kafka bundles
-# librdkafka), so no compiler is needed. pip byte-compiles what it installs, so the
-# runtime never has to write .pyc files next to read-only modules.
+# librdkafka); the compiler is for the scoring kernel (sentinel_stream/detect/_kernel.c,
+# built against the image's own Python headers) and stays in this stage. pip
+# byte-compiles what it installs, so the runtime never has to write .pyc files next to
+# read-only modules.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install . \
-    && python -c "import sentinel_stream.cli, confluent_kafka, numba, sklearn"
+    && python -c "import sentinel_stream.cli, sentinel_stream.detect._kernel, confluent_kafka, sklearn"
 
 # --- runtime: the venv only, run by an unprivileged user ------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -50,13 +55,11 @@ COPY --from=build /opt/venv /opt/venv
 
 # SENTINEL_HOST=0.0.0.0: inside a container the side server must be reachable from
 # outside the container's own loopback (the service's default is 127.0.0.1).
-# NUMBA_CACHE_DIR: numba caches the compiled scoring kernel next to the module by
-# default, which the service user cannot write; /tmp can be (with a read-only root
-# filesystem, mount an emptyDir or tmpfs on /tmp).
+# /tmp is the only place the service writes (the refit workers' spawn files; with a
+# read-only root filesystem, mount an emptyDir or tmpfs on /tmp).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    NUMBA_CACHE_DIR=/tmp/numba-cache \
     SENTINEL_HOST=0.0.0.0 \
     SENTINEL_PORT=8000 \
     SENTINEL_LOG_FORMAT=json
@@ -69,7 +72,7 @@ EXPOSE 8000
 # No curl in the slim image: ask /health with the standard library. urlopen raises on a
 # non-2xx answer (503 when the consumer loop is stuck or failed) and on a refused
 # connection, so the exit status is non-zero exactly when the service is not healthy.
-# The start period covers start-up: topic check and the first compile of the kernel.
+# The start period covers start-up: the topic check and the restore of the state topic.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('SENTINEL_PORT', '8000'), timeout=4).close()"]
 

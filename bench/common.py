@@ -83,15 +83,13 @@ PIPELINE_THREAD = "sentinel-pipeline"
 
 class Member:
     """The real pipeline of one member, in this process, on a thread of its own (named
-    ``PIPELINE_THREAD``, so that a profile can pick it out), kernels compiled first."""
+    ``PIPELINE_THREAD``, so that a profile can pick it out)."""
 
     def __init__(self, settings: Any) -> None:
-        from sentinel_stream.detect.kernels import warm_up_kernel
         from sentinel_stream.engine import Engine
         from sentinel_stream.metrics import Metrics
         from sentinel_stream.stream.pipeline import Pipeline
 
-        warm_up_kernel()
         self.engine = Engine(settings)
         self.pipeline = Pipeline(settings, self.engine, Metrics())
         self._thread = threading.Thread(target=self.pipeline.run, name=PIPELINE_THREAD, daemon=True)

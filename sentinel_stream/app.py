@@ -22,7 +22,6 @@ import structlog
 from aiohttp import web
 
 from sentinel_stream.config import Settings
-from sentinel_stream.detect.kernels import warm_up_kernel
 from sentinel_stream.engine import Engine
 from sentinel_stream.explain.llm import Breaker, ChatBackend, Explainer, ExplainRequest
 from sentinel_stream.http.server import make_app
@@ -114,7 +113,6 @@ class Service:
         if created:
             log.info("topics_created", topics=created, partitions=s.topic_partitions)
         limits = read_limits(admin, s)
-        warm_up_kernel()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)

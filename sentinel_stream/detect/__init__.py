@@ -6,7 +6,7 @@ Nothing here imports Kafka, HTTP or the service's configuration
 
 Import from the modules (``detect.detector``, ``detect.params``, ...): this package
 re-exports nothing, so that reading the settings (``detect.params``) does not load
-numba and scikit-learn.
+scikit-learn, and the main process, which scores, never does.
 
 - :mod:`.features`: the telemetry columns and their log space;
 - :mod:`.params`: the knobs and their defaults;

@@ -5,12 +5,12 @@ number of rows (a joblib dispatch over every tree, milliseconds: see the benchma
 report), so a service that scores as events arrive, a few per route per poll, cannot
 call it. We fit with scikit-learn (:mod:`.fit`) and score with :class:`CompiledForest`:
 the fitted trees' real nodes in a few flat arrays, walked by a compiled kernel
-(:mod:`.kernels`, numba) on the hot path and by the NumPy walk here when a fit scores
+(:mod:`.kernels`, C) on the hot path and by the NumPy walk here when a fit scores
 its own training rows. ``tests/unit/test_forest.py`` proves the scores equal sklearn's
 bit for bit inside the training ranges, and what the module says beyond them.
 
 This module needs NumPy only: a refit worker, which lays out and scores what it fits,
-loads neither numba nor the service, and the main process, which scores, never loads
+does not load the service, and the main process, which scores, never loads
 scikit-learn.
 
 **Layout.** Only split nodes are stored, every tree's in pre-order, trees end to end:
@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from sentinel_stream.detect import _kernel
 
 if TYPE_CHECKING:  # the fit side imports scikit-learn; scoring never does
     from sklearn.ensemble import IsolationForest
@@ -157,21 +159,18 @@ class CompiledForest:
     def path_lengths(self, x32: F32, in_bag: npt.NDArray[np.bool_]) -> F64:
         """Each row's total path length over all trees; with ``in_bag`` (trees, rows),
         over the trees that did not sample the row, scaled to all trees (all of them if
-        every tree sampled it). Summed tree by tree in order, as the kernel sums."""
-        v = np.maximum(x32, self.floor)
+        every tree sampled it). Summed tree by tree in order, by the kernel
+        (``_kernel.c``): the walk of :meth:`tree_path_lengths`, bit for bit."""
+        v = np.ascontiguousarray(np.maximum(x32, self.floor), dtype=np.float32)
         n_rows, n_trees = len(v), self.n_trees
-        total = np.zeros(n_rows)
+        total = np.empty(n_rows)
+        bag = np.ascontiguousarray(in_bag, dtype=np.bool_)
+        _kernel.path_lengths(
+            v, self.nodes, self.split, self.root, self.tree_start, PATH_TABLE, bag, total
+        )
         if in_bag.shape[1] == 0:
-            every = self.tree_path_lengths(v)
-            for t in range(n_trees):
-                total += every[t]
             return total
-        out_of_bag = ~in_bag
-        used = out_of_bag.sum(axis=0)
-        lengths = np.zeros((n_trees, n_rows))
-        lengths[out_of_bag] = self.tree_path_lengths(v, out_of_bag)
-        for t in range(n_trees):
-            total += lengths[t]  # an in-bag tree adds 0.0: the sum is unchanged
+        used = n_trees - in_bag.sum(axis=0)
         scaled: F64 = total * n_trees / np.maximum(used, 1)
         everywhere = used == 0
         if everywhere.any():
@@ -181,8 +180,9 @@ class CompiledForest:
     def tree_path_lengths(self, v: F32, pairs: npt.NDArray[np.bool_] | None = None) -> F64:
         """The expected path length of each row (features already raised to their
         floors) in each tree: (trees, rows), or, with ``pairs`` (trees, rows), the
-        selected pairs in that order. The kernel's arithmetic, one level of every (tree,
-        row) pair at a time; a pair that reached its leaf waits at a node of its own
+        selected pairs in that order. The readable walk, in NumPy, that the kernel's
+        must equal (``tests/unit/test_kernels.py``): one level of every (tree, row) pair
+        at a time; a pair that reached its leaf waits at a node of its own
         (one past the end) until every pair has."""
         n_rows, n_trees = len(v), self.n_trees
         trees = np.repeat(np.arange(n_trees, dtype=np.int32), n_rows)

@@ -102,7 +102,7 @@ def fit_route(request: FitRequest) -> FitResult:
 
 def _load_fit(nice: int = 0) -> None:
     """A worker's start: import what a fit needs (scikit-learn) before the first request,
-    and nothing else: the scoring kernels (numba) stay out of the worker.
+    and nothing of the service.
 
     ``nice``: how much lower than the service's the worker's CPU priority is. A fit is
     background work that can wait a few milliseconds; the consumer loop's batch cannot

@@ -125,7 +125,7 @@ def test_probes_drain_and_security(kinds: dict[str, dict[str, Any]]) -> None:
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert "/tmp" in mounts  # NUMBA_CACHE_DIR and the refit workers' files
+    assert "/tmp" in mounts  # the refit workers' files
     assert "replicas" not in spec  # KEDA owns it
     assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 0
 
