@@ -1,4 +1,10 @@
-"""The ``sentinel-stream`` command line: run, demo-producer, tail, schemas."""
+"""The ``sentinel-stream`` command line: run, demo-producer, tail, schemas.
+
+Each command imports what it needs when it runs, not this module: a refit worker
+(multiprocessing's spawn) imports the parent's main module, this one under the console
+script, and must not load the service's settings and logging with it (the README's
+*Memory* counts the worker's megabytes).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,19 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sentinel_stream import __version__
-from sentinel_stream.config import ConfigError, Settings, load_settings
-from sentinel_stream.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sentinel_stream.config import Settings
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from sentinel_stream.config import load_settings
+
     if getattr(args, "bootstrap", None):
         overrides["kafka_bootstrap"] = args.bootstrap
     return load_settings(**overrides)
@@ -27,6 +36,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sentinel_stream.app import run
+    from sentinel_stream.logs import configure_logging
     from sentinel_stream.stream.kafka.topics import BrokerUnreachable, TopicsMissing
 
     settings = _settings(args)
@@ -156,6 +166,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from sentinel_stream.config import load_settings
     from sentinel_stream.tools import evaluate as ev
 
     overrides: dict[str, Any] = {"refit_workers": 0, "seed": args.seed}
@@ -316,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sentinel_stream.config import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -194,3 +196,13 @@ def test_refit_workers_run_at_a_lower_cpu_priority() -> None:
         assert min(base + 7, 19) in nices
     finally:
         refitter.close()
+
+
+def test_the_command_lines_module_loads_nothing_of_the_service() -> None:
+    """A refit worker (spawn) imports the parent's main module, ``sentinel_stream.cli``
+    under the console script: importing it must not load the service's libraries,
+    which would cost every worker their megabytes (the README's *Memory*)."""
+    heavy = ("pydantic", "structlog", "aiohttp", "confluent_kafka", "numpy", "sklearn")
+    code = f"import sys, sentinel_stream.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
