@@ -86,10 +86,12 @@ class Member:
     ``PIPELINE_THREAD``, so that a profile can pick it out)."""
 
     def __init__(self, settings: Any) -> None:
+        from sentinel_stream.app import limit_malloc_arenas
         from sentinel_stream.engine import Engine
         from sentinel_stream.metrics import Metrics
         from sentinel_stream.stream.pipeline import Pipeline
 
+        limit_malloc_arenas()  # as the service runs (the arenas threads made before stay)
         self.engine = Engine(settings)
         self.pipeline = Pipeline(settings, self.engine, Metrics())
         self._thread = threading.Thread(target=self.pipeline.run, name=PIPELINE_THREAD, daemon=True)

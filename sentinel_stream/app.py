@@ -10,7 +10,9 @@ and exits 0. A pipeline that fails exits the process with status 1 and the reaso
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
+import os
 import signal
 import socket
 import sys
@@ -225,6 +227,30 @@ def settle_heap() -> None:
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
+MALLOC_ARENAS = 2
+"""glibc malloc arenas for the process, unless ``MALLOC_ARENA_MAX`` says otherwise."""
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas before the first thread starts; True if capped.
+
+    glibc gives each new thread an arena of its own, up to eight per core, and memory a
+    thread frees stays in its arena: librdkafka's threads, the HTTP side and the loop
+    each kept the high-water mark of what they ever held. Two arenas on these threads
+    hold ~30 MiB less after a 1,000 x 1,000 load (the README's *Memory*), at no
+    measured cost in speed (the benchmark report). Does nothing where the operator set
+    ``MALLOC_ARENA_MAX`` (glibc reads it itself) or off glibc."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
 def run(settings: Settings) -> int:
+    limit_malloc_arenas()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     return asyncio.run(Service(settings).serve())
