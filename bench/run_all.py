@@ -400,7 +400,7 @@ def main() -> int:
         section("rewarm", lambda: rewarm(sz, bootstrap))
         section("memory", lambda: memory(sz, bootstrap))
 
-    if {"stream", "profile", "scaling", "http", "rewarm"} & set(todo):
+    if {"stream", "profile", "scaling", "http", "rewarm", "memory"} & set(todo):
         if args.bootstrap:
             with_broker(args.bootstrap)
         else:
