@@ -49,9 +49,23 @@ The policy, in the order a batch meets it:
    asks again as a refit, on the refit cadence, not as a first fit at once; a route
    whose fit failed waits ``refit_every`` admitted rows (doubling with each further
    failure, up to 8 times) before it asks again.
-6. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
-   quantile of its training rows' out-of-bag scores, read from a generalised Pareto
-   tail (:mod:`.threshold`), never below ``score_floor``.
+6. **The threshold is the route's own, and keeps its promise.** A model's threshold is
+   the ``1 - contamination`` quantile of its training rows' out-of-bag scores, read from
+   a generalised Pareto tail (:mod:`.threshold`), never below ``score_floor``. Rare
+   anomalies that taught (flagged by less than the learn margin, or not at all) sit at
+   the top of those scores, and the extrapolated tail can land above everything the
+   route's traffic scores: the route then flags nothing, normal or anomaly, far below
+   the share ``contamination`` intends. So the route also keeps the scores its live
+   traffic got (the last ``live_scores``, whatever model gave them), reads the same
+   quantile from them (once ``2 x min_history`` are in, again every ``min_history``),
+   and counts the share of its traffic it flags, over about ``drift_events`` rows. While
+   that share is below ``contamination`` (the promise not kept), the threshold in force
+   is the lower of the two: the share flagged comes up to ``contamination``, and what is
+   flagged is the top of the traffic. Only then: the lower of two noisy estimates, taken
+   always, flags more than the promise on a route that keeps it (KDD99 http). Only
+   lower: a burst of attacks raises the live tail, and must not raise the threshold
+   over the attacks that follow. What is flagged moves; how a row scores and which
+   rows teach stay the model's own.
 7. **Bounded, in routes and in bytes.** Every route's bytes (window, long memory,
    model, baseline and a measured per-route overhead: :func:`held_bytes`) are reported
    to the route table as they change, and the table holds at most ``max_routes``
@@ -82,7 +96,7 @@ from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, Refitter, RequestFactory
 from sentinel_stream.detect.routes import FrequencySketch, Reason, RouteTable, TableStats
 from sentinel_stream.detect.rules import RULE_MIN_HISTORY, RULES_THRESHOLD, RuleScorer
-from sentinel_stream.detect.threshold import TAIL
+from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 from sentinel_stream.detect.window import FIRST_ROWS, Reservoir, Window
 
 Rows = npt.NDArray[np.float32]
@@ -157,6 +171,16 @@ class RouteState:
     refit_backoff: int = 0
     """Refits of a mature route whose traffic has not moved come ``refit_every``
     x 2**refit_backoff admitted rows apart."""
+    live: Window | None = None
+    """The scores its models gave its live traffic, newest last (point 6)."""
+    live_threshold: float = float("inf")
+    """The ``1 - contamination`` quantile of ``live`` (inf: too few scores yet)."""
+    live_since: int = 0
+    """Live scores since ``live_threshold`` was read."""
+    live_flagged: float = 0.0
+    """The share of its model-scored traffic the route flagged, a moving average over
+    about ``drift_events`` rows (point 6: below ``contamination``, the promise is not
+    kept)."""
     held: int = 0
     """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
     settled: bool = False
@@ -170,6 +194,8 @@ def held_bytes(state: RouteState) -> int:
     memory = state.memory
     if memory is not None:
         n += memory.nbytes + (SAMPLER_BYTES if memory.sampling else 0)
+    if state.live is not None:
+        n += state.live.nbytes
     if state.baseline is not None:
         n += BASELINE_BYTES
     if state.model is not None:
@@ -327,9 +353,11 @@ class Detector:
         p = self.params
         size = p.history_max if p.long_memory is None else p.long_memory
         seed = None if p.seed is None else (p.seed + zlib.crc32(route.encode())) % 2**32
+        live = p.history_max if p.live_scores is None else p.live_scores
         return RouteState(
             window=Window(p.history_max, p.n_features),
             memory=Reservoir(size, p.n_features, seed) if size > 0 else None,
+            live=Window(live, 1) if live > 0 else None,
         )
 
     def _on_evict(self, route: str, state: RouteState, reason: Reason) -> None:
@@ -417,14 +445,20 @@ class Detector:
         if model is not None:
             if learn:
                 self._models.move_to_end(route)
-            threshold = model.threshold
             j = judge_route(
                 rows, state.rule_reference, state.rule_scale, model.forest, self._cols,
-                threshold, RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin,
-                model.tail_score,
+                model.threshold, RULES_THRESHOLD, self.rules.sum_excess,
+                self.params.learn_margin, model.tail_score,
             )  # fmt: skip
+            # The live calibration (point 6) moves what is flagged, not how a row scores
+            # nor what teaches: those stay the model's own.
+            threshold, flags, n_flagged = model.threshold, j.flags, j.n_flagged
+            if state.live_threshold < threshold and state.live_flagged < self.params.contamination:
+                threshold = state.live_threshold
+                flags = j.scores >= threshold
+                n_flagged = int(np.count_nonzero(flags))
             scored = Scored(
-                j.scores, j.flags, j.deviations, threshold, "isolation_forest", model.version,
+                j.scores, flags, j.deviations, threshold, "isolation_forest", model.version,
                 len(state.window), state.baseline,
             )  # fmt: skip
         else:
@@ -433,7 +467,7 @@ class Detector:
                 rows, state.rule_reference, state.rule_scale, None, self._cols, threshold,
                 RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin, np.inf,
             )  # fmt: skip
-            scores = j.scores
+            scores, n_flagged = j.scores, j.n_flagged
             if self._graded:
                 graded = self.rules.graded_scores(rows, state.window.snapshot())
                 if graded is not None:
@@ -444,13 +478,37 @@ class Detector:
             )  # fmt: skip
         n = len(rows)
         self.stats.rows_scored += n
-        self.stats.rows_flagged += j.n_flagged
+        self.stats.rows_flagged += n_flagged
         if learn:
             if model is not None:
                 state.tail_hits += j.n_tail
                 state.scored_since_fit += n
+                self._calibrate(route, state, j.scores, n_flagged)
             self._learn(route, state, rows, j)
         return scored
+
+    def _calibrate(self, route: str, state: RouteState, scores: F64, flagged: int) -> None:
+        """Keep the live scores and the share flagged, and every ``min_history`` scores
+        read the threshold they call for (the module doc, point 6)."""
+        live = state.live
+        if live is None:
+            return
+        keep = (1.0 - 1.0 / self._drift_max) ** len(scores)
+        state.live_flagged = state.live_flagged * keep + (1.0 - keep) * flagged / len(scores)
+        grew = not live.full
+        live.extend(scores.astype(np.float32).reshape(-1, 1))
+        if grew:
+            held = held_bytes(state)
+            if held != state.held:
+                self._routes.resize(route, held)
+        state.live_since += len(scores)
+        p = self.params
+        if state.live_since < p.min_history or len(live) < 2 * p.min_history:
+            return
+        state.live_since = 0
+        seen = live.snapshot()[:, 0].astype(np.float64)
+        value = tail_threshold(seen, p.contamination, threshold_tail(len(seen)))
+        state.live_threshold = min(max(value, p.score_floor), 1.0)
 
     def _score(self, state: RouteState, rows: Rows) -> tuple[F64, F64]:
         """(scores, rule deviations) in one compiled pass: the rules, the route's forest
