@@ -51,6 +51,9 @@ RULE_MIN_HISTORY = 8
 GRADED_NEIGHBOURS = 5
 """The neighbour whose distance grades a row before a route's first model
 (:meth:`RuleScorer.graded_scores`)."""
+GRADED_TYPICAL = 0.45
+"""What a row as far from its neighbours as a typical row is graded: what a forest scores
+its ordinary rows (:meth:`RuleScorer.graded_scores`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +124,17 @@ class RuleScorer:
 
         A row's distance to its ``GRADED_NEIGHBOURS``-th nearest row of the route's history
         (the features in units of their p10-p90 spread), over the same distance of a
-        typical history row (``r``), scores ``RULES_THRESHOLD * r**4 / (r**4 + 1)``: a
-        quarter of the threshold for a typical row, 0.47 at twice its distance, never the
-        threshold itself, so nothing more is flagged and nothing less is learnt. What it
-        buys is the ranking: an anomaly that arrives before the route's first model would
-        otherwise score 0, as low as its most typical row; and one unusual only in the
-        combination of its values (no feature far from its median) is still far from its
-        neighbours. Steep, so that ordinary rows score well below what a forest gives
-        ordinary rows (about 0.45) and far ones near it. With fewer than
+        typical history row (``r``), scores ``RULES_THRESHOLD * 9 r**4 / (9 r**4 + 1)``:
+        ``GRADED_TYPICAL`` (0.45) for a typical row, 0.49 at 1.4 times its distance, 0.2
+        at 0.6 times, never the threshold itself, so nothing more is flagged and nothing
+        less is learnt. What it buys is the ranking: an anomaly that arrives before the
+        route's first model would otherwise score 0, as low as its most typical row; and
+        one unusual only in the combination of its values (no feature far from its
+        median) is still far from its neighbours. On the scale of the forest that comes
+        after it (a typical row 0.45, as a forest's ordinary rows): a set's scores are
+        ranked together, and an anomaly graded below the forest's ordinary rows (as when a
+        typical row was graded a quarter of the threshold) ranks under most of them. With
+        fewer than
         ``RULE_MIN_HISTORY`` rows learnt, the batch is its own history (its first batch
         is scored against itself); None with fewer rows than that in both.
         """
@@ -143,7 +149,8 @@ class RuleScorer:
         among = _kth_distance(ref, ref, k, itself=True)
         typical = max(float(np.median(among)), 1e-12)
         r = (among if own else _kth_distance(x, ref, k, itself=False)) / typical
-        r4 = np.square(np.square(r))
+        # typical / (threshold - typical): 9 for 0.45 of 0.5.
+        r4 = GRADED_TYPICAL / (RULES_THRESHOLD - GRADED_TYPICAL) * np.square(np.square(r))
         graded: npt.NDArray[np.float64] = RULES_THRESHOLD * r4 / (r4 + 1.0)
         return graded
 
