@@ -57,7 +57,9 @@ The policy, in the order a batch meets it:
    route's traffic scores: the route then flags nothing, normal or anomaly, far below
    the share ``contamination`` intends. So the route also keeps the scores its live
    traffic got (the last ``live_scores``, whatever model gave them) and the share of
-   it that it flagged (over about ``drift_events`` rows). While that share is below
+   it that it flagged (over about ``drift_events`` rows, counting a window of unflagged
+   rows before the first: a route shows it keeps its promise before it is trusted to,
+   and one that began in trouble, flagging much, is not). While that share is below
    ``contamination`` (the promise not kept), it reads the same quantile from the live
    scores (once ``2 x min_history`` are in, again after every quarter of
    ``live_scores``), and the threshold in force is the lower of the two: the share
@@ -183,8 +185,14 @@ class RouteState:
     """Live scores since ``live_threshold`` was read."""
     live_flagged: float = 0.0
     """The share of its model-scored traffic the route flagged, a moving average over
-    about ``drift_events`` rows (point 6: below ``contamination``, the promise is not
-    kept)."""
+    about ``drift_events`` rows, over ``live_weight`` (point 6: below ``contamination``,
+    the promise is not kept)."""
+    live_weight: float = 0.0
+    """The weight the average has gathered, from a window of unflagged rows counted
+    before the first (``Detector._live_prior``): divided by it, the share is that of
+    the rows scored (a route that began in trouble and flags many does not lower its
+    threshold), and a route has to show for about a window that it keeps its promise
+    before it is trusted to."""
     held: int = 0
     """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
     settled: bool = False
@@ -335,6 +343,10 @@ class Detector:
             params.max_routes, budget, self._new_state, self._on_evict, sketch
         )
         self._models: OrderedDict[str, None] = OrderedDict()
+        self._drift_max = max(params.drift_events or 5 * params.history_max, 1)
+        self._live_prior = 1.0 - (1.0 - 1.0 / self._drift_max) ** params.history_max
+        """The weight of a window of unflagged rows in the live share's average (see
+        ``RouteState.live_weight``)."""
         self._cold = self._new_state("")
         """The state a route the table does not hold is scored with (never learns)."""
         cols = params.model_features
@@ -343,7 +355,6 @@ class Detector:
         )
         # Fits see the model columns only: one-sided columns as positions among them.
         self._one_sided = tuple(self._cols.tolist().index(c) for c in params.one_sided)
-        self._drift_max = max(params.drift_events or 5 * params.history_max, 1)
         self._least_wait = min(params.min_history, params.refit_every)
         """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
@@ -362,6 +373,7 @@ class Detector:
             window=Window(p.history_max, p.n_features),
             memory=Reservoir(size, p.n_features, seed) if size > 0 else None,
             live=Window(live, 1) if live > 0 else None,
+            live_weight=self._live_prior,
         )
 
     def _on_evict(self, route: str, state: RouteState, reason: Reason) -> None:
@@ -457,7 +469,7 @@ class Detector:
             # The live calibration (point 6) moves what is flagged, not how a row scores
             # nor what teaches: those stay the model's own.
             threshold, flags, n_flagged = model.threshold, j.flags, j.n_flagged
-            if state.live_threshold < threshold and state.live_flagged < self.params.contamination:
+            if state.live_threshold < threshold and self._promise_unkept(state):
                 threshold = state.live_threshold
                 flags = j.scores >= threshold
                 n_flagged = int(np.count_nonzero(flags))
@@ -501,6 +513,7 @@ class Detector:
             return
         keep = (1.0 - 1.0 / self._drift_max) ** len(scores)
         state.live_flagged = state.live_flagged * keep + (1.0 - keep) * flagged / len(scores)
+        state.live_weight = state.live_weight * keep + (1.0 - keep)
         grew = not live.full
         live.extend(scores.astype(np.float32).reshape(-1, 1))
         if grew:
@@ -510,7 +523,7 @@ class Detector:
         state.live_since += len(scores)
         p = self.params
         if (
-            state.live_flagged >= p.contamination  # the promise kept: nothing to read
+            not self._promise_unkept(state)  # nothing to read
             or state.live_since < max(p.min_history, live.capacity // LIVE_READS)
             or len(live) < 2 * p.min_history
         ):
@@ -519,6 +532,10 @@ class Detector:
         seen = live.snapshot()[:, 0].astype(np.float64)
         value = tail_threshold(seen, p.contamination, threshold_tail(len(seen)))
         state.live_threshold = min(max(value, p.score_floor), 1.0)
+
+    def _promise_unkept(self, state: RouteState) -> bool:
+        """The route has flagged less of its traffic than its contamination (point 6)."""
+        return state.live_flagged < self.params.contamination * state.live_weight
 
     def _score(self, state: RouteState, rows: Rows) -> tuple[F64, F64]:
         """(scores, rule deviations) in one compiled pass: the rules, the route's forest
