@@ -78,6 +78,16 @@ The policy, in the order a batch meets it:
    state. At most ``max_models`` trained models (the least recently seen route's model
    dropped; the route is scored by rules until it is refit). Evictions, refusals and
    dropped models are counted.
+8. **Rows a model does not flag are ranked by their neighbours too** (features of
+   unknown meaning, whose rules grade: :meth:`.RuleScorer.graded_scores`). Their score
+   is the mean of the forest's and of their distance to their fifth-nearest row of the
+   model's training rows (graded on the forest's scale, a typical row 0.45), kept
+   below the threshold: a forest ranks poorly a row that is unusual only among its
+   neighbours (every value ordinary), and the neighbour distance ranks it well, but
+   the threshold is read from the forest's scores alone, so what is flagged, what
+   teaches and where a verdict flips stay the forest's. The grader is made once per
+   model (its rows in spreads, and a typical row's distance from a sample of 512) and
+   counted in the route's bytes.
 """
 
 from __future__ import annotations
@@ -98,7 +108,7 @@ from sentinel_stream.detect.kernels import Judged, judge_route, score_route
 from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, Refitter, RequestFactory
 from sentinel_stream.detect.routes import FrequencySketch, Reason, RouteTable, TableStats
-from sentinel_stream.detect.rules import RULE_MIN_HISTORY, RULES_THRESHOLD, RuleScorer
+from sentinel_stream.detect.rules import RULE_MIN_HISTORY, RULES_THRESHOLD, Grader, RuleScorer
 from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 from sentinel_stream.detect.window import FIRST_ROWS, Reservoir, Window
 
@@ -193,6 +203,10 @@ class RouteState:
     the rows scored (a route that began in trouble and flags many does not lower its
     threshold), and a route has to show for about a window that it keeps its promise
     before it is trusted to."""
+    grader: Grader | None = None
+    """Grades rows by their distance to the model's training rows (point 8; features of
+    unknown meaning), made for the model of version ``grader_version``."""
+    grader_version: int = 0
     held: int = 0
     """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
     settled: bool = False
@@ -208,6 +222,8 @@ def held_bytes(state: RouteState) -> int:
         n += memory.nbytes + (SAMPLER_BYTES if memory.sampling else 0)
     if state.live is not None:
         n += state.live.nbytes
+    if state.grader is not None:
+        n += state.grader.nbytes
     if state.baseline is not None:
         n += BASELINE_BYTES
     if state.model is not None:
@@ -473,8 +489,11 @@ class Detector:
                 threshold = state.live_threshold
                 flags = j.scores >= threshold
                 n_flagged = int(np.count_nonzero(flags))
+            scores = j.scores
+            if self._graded and not flags.all() and found is not None:
+                scores = self._ranked(route, state, model, rows, scores, flags, threshold)
             scored = Scored(
-                j.scores, flags, j.deviations, threshold, "isolation_forest", model.version,
+                scores, flags, j.deviations, threshold, "isolation_forest", model.version,
                 len(state.window), state.baseline,
             )  # fmt: skip
         else:
@@ -532,6 +551,26 @@ class Detector:
         seen = live.snapshot()[:, 0].astype(np.float64)
         value = tail_threshold(seen, p.contamination, threshold_tail(len(seen)))
         state.live_threshold = min(max(value, p.score_floor), 1.0)
+
+    def _ranked(
+        self, route: str, state: RouteState, model: RouteModel, rows: Rows, scores: F64,
+        flags: npt.NDArray[np.bool_], threshold: float,
+    ) -> F64:  # fmt: skip
+        """The scores of the rows not flagged, ranked by the forest and the neighbour
+        grade together, below ``threshold`` (the module doc, point 8)."""
+        if state.grader is None or state.grader_version != model.version:
+            history = state.window.snapshot()
+            if state.memory is not None:
+                history = np.concatenate((history, state.memory.snapshot()))
+            state.grader = self.rules.grader(history)
+            state.grader_version = model.version
+            self._routes.resize(route, held_bytes(state))
+        if state.grader is None:
+            return scores
+        blended = 0.5 * (scores + state.grader.grade(rows))
+        below = np.minimum(blended, np.nextafter(threshold, 0.0))
+        ranked: F64 = np.where(flags, scores, below)
+        return ranked
 
     def _promise_unkept(self, state: RouteState) -> bool:
         """The route has flagged less of its traffic than its contamination (point 6)."""

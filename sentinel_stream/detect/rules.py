@@ -51,6 +51,8 @@ RULE_MIN_HISTORY = 8
 GRADED_NEIGHBOURS = 5
 """The neighbour whose distance grades a row before a route's first model
 (:meth:`RuleScorer.graded_scores`)."""
+GRADER_SAMPLE = 512
+"""Rows of a history whose neighbour distances set a :class:`Grader`'s typical one."""
 GRADED_TYPICAL = 0.45
 """What a row as far from its neighbours as a typical row is graded: what a forest scores
 its ordinary rows (:meth:`RuleScorer.graded_scores`)."""
@@ -150,9 +152,26 @@ class RuleScorer:
         typical = max(float(np.median(among)), 1e-12)
         r = (among if own else _kth_distance(x, ref, k, itself=False)) / typical
         # typical / (threshold - typical): 9 for 0.45 of 0.5.
-        r4 = GRADED_TYPICAL / (RULES_THRESHOLD - GRADED_TYPICAL) * np.square(np.square(r))
-        graded: npt.NDArray[np.float64] = RULES_THRESHOLD * r4 / (r4 + 1.0)
-        return graded
+        return _grade(r)
+
+    def grader(self, history: npt.NDArray[np.float32]) -> Grader | None:
+        """What grades rows against ``history`` as :meth:`graded_scores` does, made once
+        for many batches (a route's training rows, for as long as its model is in force):
+        None when these rules do not grade, or with fewer than ``RULE_MIN_HISTORY`` rows.
+        The typical row's distance is the median over an even sample of at most
+        ``GRADER_SAMPLE`` rows (each against all of ``history``), so that it costs a
+        fraction of a fit, not the square of the rows."""
+        if not self.graded or len(history) < RULE_MIN_HISTORY:
+            return None
+        base = Baseline.of(history)
+        ref = (history.astype(np.float64) - base.median) / base.spread
+        k = min(GRADED_NEIGHBOURS, len(ref) - 1)
+        step = -(-len(ref) // GRADER_SAMPLE)
+        sample = np.arange(0, len(ref), step)
+        sq = _squared_distances(ref[sample], ref)
+        sq[np.arange(len(sample)), sample] = np.inf  # a row is not its own neighbour
+        typical = np.sqrt(max(float(np.median(np.partition(sq, k - 1, axis=1)[:, k - 1])), 0.0))
+        return Grader(base.median, base.spread, ref.astype(np.float32), max(typical, 1e-12), k)
 
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
@@ -205,6 +224,47 @@ def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer
     return RuleScorer(
         tuple(RuleSpec(factor, "max", math.inf, relative=True) for _ in range(n_features))
     )
+
+
+def _grade(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The grade of a row ``r`` times as far from its neighbours as a typical row (see
+    :meth:`RuleScorer.graded_scores`)."""
+    r4 = GRADED_TYPICAL / (RULES_THRESHOLD - GRADED_TYPICAL) * np.square(np.square(r))
+    graded: npt.NDArray[np.float64] = RULES_THRESHOLD * r4 / (r4 + 1.0)
+    return graded
+
+
+def _squared_distances(
+    x: npt.NDArray[np.float64], ref: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float64]:
+    """(rows of ``x``, rows of ``ref``): squared Euclidean distances."""
+    r = ref.astype(np.float64, copy=False)
+    sq: npt.NDArray[np.float64] = (
+        np.square(x).sum(axis=1)[:, None] + np.square(r).sum(axis=1)[None, :] - 2.0 * (x @ r.T)
+    )
+    return sq
+
+
+@dataclass(frozen=True, slots=True)
+class Grader:
+    """Grades rows by their distance to their ``k``-th nearest row of a fixed history
+    (:meth:`RuleScorer.grader`)."""
+
+    median: npt.NDArray[np.float64]
+    spread: npt.NDArray[np.float64]
+    ref: npt.NDArray[np.float32]
+    """The history, in units of its spreads from its median."""
+    typical: float
+    k: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ref.nbytes + self.median.nbytes + self.spread.nbytes)
+
+    def grade(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        x = (rows.astype(np.float64) - self.median) / self.spread
+        kth = np.partition(_squared_distances(x, self.ref), self.k - 1, axis=1)[:, self.k - 1]
+        return _grade(np.sqrt(np.maximum(kth, 0.0)) / self.typical)
 
 
 def _kth_distance(

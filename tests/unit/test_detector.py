@@ -268,6 +268,33 @@ def test_a_stable_route_with_rare_outliers_flags_its_top_at_the_contamination() 
     assert flags_after_warm_up(uncalibrated).mean() < 0.5 * contamination
 
 
+def test_rows_a_model_does_not_flag_are_ranked_by_their_neighbours_too() -> None:
+    # Ordinary rows on a shell (radius 3 in 4 features); anomalies at its centre, every
+    # value near the median: an isolation forest, even one fit on every row, ranks
+    # them under the ordinary rows. Once a route of unknown features has a model, the
+    # rows it does not flag are ranked by the forest and the distance to their
+    # neighbours together (the neighbours' grade), below the threshold: the anomalies
+    # rise, and a verdict still flips exactly at its threshold.
+    from sklearn.ensemble import IsolationForest
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 4))
+    rows = 3 * x / np.linalg.norm(x, axis=1, keepdims=True) + rng.normal(0, 0.1, (3000, 4))
+    odd = rng.random(len(rows)) < 0.02
+    odd[:500] = False
+    rows[odd] = rng.normal(0, 0.5, size=(int(odd.sum()), 4))
+    batch = -IsolationForest(random_state=0).fit(rows).score_samples(rows)
+    assert roc_auc_score(odd[500:], batch[500:]) < 0.05
+    d = unknown_features_detector(4)
+    for i in range(0, len(rows), 64):
+        d.install_completed()
+        s = d.score_and_learn("r", rows[i : i + 64].astype(np.float32))
+        assert ((s.scores >= s.threshold) == s.flags).all()
+    scores, _ = stream(unknown_features_detector(4), rows, 64)
+    assert roc_auc_score(odd[500:], scores[500:]) > 0.2
+
+
 def test_a_route_that_flags_its_contamination_keeps_its_models_threshold() -> None:
     # The same route, then a burst of attacks (the route flags far more than its
     # contamination for five windows), then its ordinary traffic again. Before the
