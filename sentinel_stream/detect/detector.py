@@ -81,7 +81,8 @@ The policy, in the order a batch meets it:
 8. **Rows a model does not flag are ranked by their neighbours too** (features of
    unknown meaning, whose rules grade: :meth:`.RuleScorer.graded_scores`). Their score
    is the mean of the forest's and of their distance to their fifth-nearest row of the
-   model's training rows (graded on the forest's scale, a typical row 0.45), kept
+   route's window and long memory as the model came in (graded on the forest's scale,
+   a typical row 0.45), kept
    below the threshold: a forest ranks poorly a row that is unusual only among its
    neighbours (every value ordinary), and the neighbour distance ranks it well, but
    the threshold is read from the forest's scores alone, so what is flagged, what
