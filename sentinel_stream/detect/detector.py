@@ -49,9 +49,26 @@ The policy, in the order a batch meets it:
    asks again as a refit, on the refit cadence, not as a first fit at once; a route
    whose fit failed waits ``refit_every`` admitted rows (doubling with each further
    failure, up to 8 times) before it asks again.
-6. **The threshold is the route's own.** A model's threshold is the ``1 - contamination``
-   quantile of its training rows' out-of-bag scores, read from a generalised Pareto
-   tail (:mod:`.threshold`), never below ``score_floor``.
+6. **The threshold is the route's own, and keeps its promise.** A model's threshold is
+   the ``1 - contamination`` quantile of its training rows' out-of-bag scores, read from
+   a generalised Pareto tail (:mod:`.threshold`), never below ``score_floor``. Rare
+   anomalies that taught (flagged by less than the learn margin, or not at all) sit at
+   the top of those scores, and the extrapolated tail can land above everything the
+   route's traffic scores: the route then flags nothing, normal or anomaly, far below
+   the share ``contamination`` intends. So the route also keeps the scores its live
+   traffic got (the last ``live_scores``, whatever model gave them) and the share of
+   it that it flagged (over about ``drift_events`` rows, counting a window of unflagged
+   rows before the first: a route shows it keeps its promise before it is trusted to,
+   and one that began in trouble, flagging much, is not). While that share is below
+   ``contamination`` (the promise not kept), it reads the same quantile from the live
+   scores (once ``2 x min_history`` are in, again after every quarter of
+   ``live_scores``), and the threshold in force is the lower of the two: the share
+   flagged comes up to ``contamination``, and what is flagged is the top of the
+   traffic. Only then: the lower of two noisy estimates, taken always, flags more than
+   the promise on a route that keeps it (KDD99 http). Only lower: a burst of attacks
+   raises the live tail, and must not raise the threshold over the attacks that
+   follow. What is flagged moves; how a row scores and which rows teach stay the
+   model's own.
 7. **Bounded, in routes and in bytes.** Every route's bytes (window, long memory,
    model, baseline and a measured per-route overhead: :func:`held_bytes`) are reported
    to the route table as they change, and the table holds at most ``max_routes``
@@ -61,6 +78,17 @@ The policy, in the order a batch meets it:
    state. At most ``max_models`` trained models (the least recently seen route's model
    dropped; the route is scored by rules until it is refit). Evictions, refusals and
    dropped models are counted.
+8. **Rows a model does not flag are ranked by their neighbours too** (features of
+   unknown meaning, whose rules grade: :meth:`.RuleScorer.graded_scores`). Their score
+   is the mean of the forest's and of their distance to their fifth-nearest row of the
+   route's window and long memory as the model came in (graded on the forest's scale,
+   a typical row 0.45), kept
+   below the threshold: a forest ranks poorly a row that is unusual only among its
+   neighbours (every value ordinary), and the neighbour distance ranks it well, but
+   the threshold is read from the forest's scores alone, so what is flagged, what
+   teaches and where a verdict flips stay the forest's. The grader is made once per
+   model (its rows in spreads, and a typical row's distance from a sample of 512) and
+   counted in the route's bytes.
 """
 
 from __future__ import annotations
@@ -81,8 +109,8 @@ from sentinel_stream.detect.kernels import Judged, judge_route, score_route
 from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, Refitter, RequestFactory
 from sentinel_stream.detect.routes import FrequencySketch, Reason, RouteTable, TableStats
-from sentinel_stream.detect.rules import RULE_MIN_HISTORY, RULES_THRESHOLD, RuleScorer
-from sentinel_stream.detect.threshold import TAIL
+from sentinel_stream.detect.rules import RULE_MIN_HISTORY, RULES_THRESHOLD, Grader, RuleScorer
+from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 from sentinel_stream.detect.window import FIRST_ROWS, Reservoir, Window
 
 Rows = npt.NDArray[np.float32]
@@ -102,6 +130,9 @@ by chance; over 100, one in twenty-five."""
 MAX_REFIT_SPACING_WINDOWS = 4
 """A mature route whose traffic stays what its model was fit on is refit at least every
 this many windows of admitted rows."""
+LIVE_READS = 4
+"""The live threshold is read again after this share of ``live_scores`` new scores (and
+at least ``min_history``)."""
 BASELINE_REFRESH = 16
 """During warm-up, the baseline is recomputed every this many admitted rows (after it,
 at every ``refit_every``)."""
@@ -157,6 +188,26 @@ class RouteState:
     refit_backoff: int = 0
     """Refits of a mature route whose traffic has not moved come ``refit_every``
     x 2**refit_backoff admitted rows apart."""
+    live: Window | None = None
+    """The scores its models gave its live traffic, newest last (point 6)."""
+    live_threshold: float = float("inf")
+    """The ``1 - contamination`` quantile of ``live`` (inf: too few scores yet)."""
+    live_since: int = 0
+    """Live scores since ``live_threshold`` was read."""
+    live_flagged: float = 0.0
+    """The share of its model-scored traffic the route flagged, a moving average over
+    about ``drift_events`` rows, over ``live_weight`` (point 6: below ``contamination``,
+    the promise is not kept)."""
+    live_weight: float = 0.0
+    """The weight the average has gathered, from a window of unflagged rows counted
+    before the first (``Detector._live_prior``): divided by it, the share is that of
+    the rows scored (a route that began in trouble and flags many does not lower its
+    threshold), and a route has to show for about a window that it keeps its promise
+    before it is trusted to."""
+    grader: Grader | None = None
+    """Grades rows by their distance to the model's training rows (point 8; features of
+    unknown meaning), made for the model of version ``grader_version``."""
+    grader_version: int = 0
     held: int = 0
     """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
     settled: bool = False
@@ -170,6 +221,10 @@ def held_bytes(state: RouteState) -> int:
     memory = state.memory
     if memory is not None:
         n += memory.nbytes + (SAMPLER_BYTES if memory.sampling else 0)
+    if state.live is not None:
+        n += state.live.nbytes
+    if state.grader is not None:
+        n += state.grader.nbytes
     if state.baseline is not None:
         n += BASELINE_BYTES
     if state.model is not None:
@@ -305,6 +360,10 @@ class Detector:
             params.max_routes, budget, self._new_state, self._on_evict, sketch
         )
         self._models: OrderedDict[str, None] = OrderedDict()
+        self._drift_max = max(params.drift_events or 5 * params.history_max, 1)
+        self._live_prior = 1.0 - (1.0 - 1.0 / self._drift_max) ** params.history_max
+        """The weight of a window of unflagged rows in the live share's average (see
+        ``RouteState.live_weight``)."""
         self._cold = self._new_state("")
         """The state a route the table does not hold is scored with (never learns)."""
         cols = params.model_features
@@ -313,7 +372,6 @@ class Detector:
         )
         # Fits see the model columns only: one-sided columns as positions among them.
         self._one_sided = tuple(self._cols.tolist().index(c) for c in params.one_sided)
-        self._drift_max = max(params.drift_events or 5 * params.history_max, 1)
         self._least_wait = min(params.min_history, params.refit_every)
         """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
@@ -327,9 +385,12 @@ class Detector:
         p = self.params
         size = p.history_max if p.long_memory is None else p.long_memory
         seed = None if p.seed is None else (p.seed + zlib.crc32(route.encode())) % 2**32
+        live = p.history_max if p.live_scores is None else p.live_scores
         return RouteState(
             window=Window(p.history_max, p.n_features),
             memory=Reservoir(size, p.n_features, seed) if size > 0 else None,
+            live=Window(live, 1) if live > 0 else None,
+            live_weight=self._live_prior,
         )
 
     def _on_evict(self, route: str, state: RouteState, reason: Reason) -> None:
@@ -417,14 +478,23 @@ class Detector:
         if model is not None:
             if learn:
                 self._models.move_to_end(route)
-            threshold = model.threshold
             j = judge_route(
                 rows, state.rule_reference, state.rule_scale, model.forest, self._cols,
-                threshold, RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin,
-                model.tail_score,
+                model.threshold, RULES_THRESHOLD, self.rules.sum_excess,
+                self.params.learn_margin, model.tail_score,
             )  # fmt: skip
+            # The live calibration (point 6) moves what is flagged, not how a row scores
+            # nor what teaches: those stay the model's own.
+            threshold, flags, n_flagged = model.threshold, j.flags, j.n_flagged
+            if state.live_threshold < threshold and self._promise_unkept(state):
+                threshold = state.live_threshold
+                flags = j.scores >= threshold
+                n_flagged = int(np.count_nonzero(flags))
+            scores = j.scores
+            if self._graded and not flags.all() and found is not None:
+                scores = self._ranked(route, state, model, rows, scores, flags, threshold)
             scored = Scored(
-                j.scores, j.flags, j.deviations, threshold, "isolation_forest", model.version,
+                scores, flags, j.deviations, threshold, "isolation_forest", model.version,
                 len(state.window), state.baseline,
             )  # fmt: skip
         else:
@@ -433,7 +503,7 @@ class Detector:
                 rows, state.rule_reference, state.rule_scale, None, self._cols, threshold,
                 RULES_THRESHOLD, self.rules.sum_excess, self.params.learn_margin, np.inf,
             )  # fmt: skip
-            scores = j.scores
+            scores, n_flagged = j.scores, j.n_flagged
             if self._graded:
                 graded = self.rules.graded_scores(rows, state.window.snapshot())
                 if graded is not None:
@@ -444,13 +514,68 @@ class Detector:
             )  # fmt: skip
         n = len(rows)
         self.stats.rows_scored += n
-        self.stats.rows_flagged += j.n_flagged
+        self.stats.rows_flagged += n_flagged
         if learn:
             if model is not None:
                 state.tail_hits += j.n_tail
                 state.scored_since_fit += n
+                self._calibrate(route, state, j.scores, n_flagged)
             self._learn(route, state, rows, j)
         return scored
+
+    def _calibrate(self, route: str, state: RouteState, scores: F64, flagged: int) -> None:
+        """Keep the live scores and the share flagged; while that share is below the
+        contamination, read the threshold the scores call for, every ``LIVE_READS``-th
+        of ``live_scores`` (the module doc, point 6). A read costs about 0.3 ms: on a
+        route that keeps its promise, none is made."""
+        live = state.live
+        if live is None:
+            return
+        keep = (1.0 - 1.0 / self._drift_max) ** len(scores)
+        state.live_flagged = state.live_flagged * keep + (1.0 - keep) * flagged / len(scores)
+        state.live_weight = state.live_weight * keep + (1.0 - keep)
+        grew = not live.full
+        live.extend(scores.astype(np.float32).reshape(-1, 1))
+        if grew:
+            held = held_bytes(state)
+            if held != state.held:
+                self._routes.resize(route, held)
+        state.live_since += len(scores)
+        p = self.params
+        if (
+            not self._promise_unkept(state)  # nothing to read
+            or state.live_since < max(p.min_history, live.capacity // LIVE_READS)
+            or len(live) < 2 * p.min_history
+        ):
+            return
+        state.live_since = 0
+        seen = live.snapshot()[:, 0].astype(np.float64)
+        value = tail_threshold(seen, p.contamination, threshold_tail(len(seen)))
+        state.live_threshold = min(max(value, p.score_floor), 1.0)
+
+    def _ranked(
+        self, route: str, state: RouteState, model: RouteModel, rows: Rows, scores: F64,
+        flags: npt.NDArray[np.bool_], threshold: float,
+    ) -> F64:  # fmt: skip
+        """The scores of the rows not flagged, ranked by the forest and the neighbour
+        grade together, below ``threshold`` (the module doc, point 8)."""
+        if state.grader is None or state.grader_version != model.version:
+            history = state.window.snapshot()
+            if state.memory is not None:
+                history = np.concatenate((history, state.memory.snapshot()))
+            state.grader = self.rules.grader(history)
+            state.grader_version = model.version
+            self._routes.resize(route, held_bytes(state))
+        if state.grader is None:
+            return scores
+        blended = 0.5 * (scores + state.grader.grade(rows))
+        below = np.minimum(blended, np.nextafter(threshold, 0.0))
+        ranked: F64 = np.where(flags, scores, below)
+        return ranked
+
+    def _promise_unkept(self, state: RouteState) -> bool:
+        """The route has flagged less of its traffic than its contamination (point 6)."""
+        return state.live_flagged < self.params.contamination * state.live_weight
 
     def _score(self, state: RouteState, rows: Rows) -> tuple[F64, F64]:
         """(scores, rule deviations) in one compiled pass: the rules, the route's forest

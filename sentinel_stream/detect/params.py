@@ -82,6 +82,10 @@ class DetectorParams:
     long_memory: int | None = None
     """Size of the uniform sample of all history kept beside the window; default:
     history_max; 0 turns it off."""
+    live_scores: int | None = None
+    """Scores of the route's live traffic kept to calibrate its threshold against
+    (:mod:`sentinel_stream.detect.detector`, point 6); default: history_max; 0 turns the
+    calibration off (the out-of-bag threshold alone)."""
     seed: int | None = None
     refit_min_interval_s: float = 15.0
     """Least time between two refits of one route: bounds refit CPU when routes are busy."""

@@ -51,6 +51,11 @@ RULE_MIN_HISTORY = 8
 GRADED_NEIGHBOURS = 5
 """The neighbour whose distance grades a row before a route's first model
 (:meth:`RuleScorer.graded_scores`)."""
+GRADER_SAMPLE = 512
+"""Rows of a history whose neighbour distances set a :class:`Grader`'s typical one."""
+GRADED_TYPICAL = 0.45
+"""What a row as far from its neighbours as a typical row is graded: what a forest scores
+its ordinary rows (:meth:`RuleScorer.graded_scores`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +126,17 @@ class RuleScorer:
 
         A row's distance to its ``GRADED_NEIGHBOURS``-th nearest row of the route's history
         (the features in units of their p10-p90 spread), over the same distance of a
-        typical history row (``r``), scores ``RULES_THRESHOLD * r**4 / (r**4 + 1)``: a
-        quarter of the threshold for a typical row, 0.47 at twice its distance, never the
-        threshold itself, so nothing more is flagged and nothing less is learnt. What it
-        buys is the ranking: an anomaly that arrives before the route's first model would
-        otherwise score 0, as low as its most typical row; and one unusual only in the
-        combination of its values (no feature far from its median) is still far from its
-        neighbours. Steep, so that ordinary rows score well below what a forest gives
-        ordinary rows (about 0.45) and far ones near it. With fewer than
+        typical history row (``r``), scores ``RULES_THRESHOLD * 9 r**4 / (9 r**4 + 1)``:
+        ``GRADED_TYPICAL`` (0.45) for a typical row, 0.49 at 1.4 times its distance, 0.2
+        at 0.6 times, never the threshold itself, so nothing more is flagged and nothing
+        less is learnt. What it buys is the ranking: an anomaly that arrives before the
+        route's first model would otherwise score 0, as low as its most typical row; and
+        one unusual only in the combination of its values (no feature far from its
+        median) is still far from its neighbours. On the scale of the forest that comes
+        after it (a typical row 0.45, as a forest's ordinary rows): a set's scores are
+        ranked together, and an anomaly graded below the forest's ordinary rows (as when a
+        typical row was graded a quarter of the threshold) ranks under most of them. With
+        fewer than
         ``RULE_MIN_HISTORY`` rows learnt, the batch is its own history (its first batch
         is scored against itself); None with fewer rows than that in both.
         """
@@ -143,9 +151,27 @@ class RuleScorer:
         among = _kth_distance(ref, ref, k, itself=True)
         typical = max(float(np.median(among)), 1e-12)
         r = (among if own else _kth_distance(x, ref, k, itself=False)) / typical
-        r4 = np.square(np.square(r))
-        graded: npt.NDArray[np.float64] = RULES_THRESHOLD * r4 / (r4 + 1.0)
-        return graded
+        # typical / (threshold - typical): 9 for 0.45 of 0.5.
+        return _grade(r)
+
+    def grader(self, history: npt.NDArray[np.float32]) -> Grader | None:
+        """What grades rows against ``history`` as :meth:`graded_scores` does, made once
+        for many batches (a route's training rows, for as long as its model is in force):
+        None when these rules do not grade, or with fewer than ``RULE_MIN_HISTORY`` rows.
+        The typical row's distance is the median over an even sample of at most
+        ``GRADER_SAMPLE`` rows (each against all of ``history``), so that it costs a
+        fraction of a fit, not the square of the rows."""
+        if not self.graded or len(history) < RULE_MIN_HISTORY:
+            return None
+        base = Baseline.of(history)
+        ref = (history.astype(np.float64) - base.median) / base.spread
+        k = min(GRADED_NEIGHBOURS, len(ref) - 1)
+        step = -(-len(ref) // GRADER_SAMPLE)
+        sample = np.arange(0, len(ref), step)
+        sq = _squared_distances(ref[sample], ref)
+        sq[np.arange(len(sample)), sample] = np.inf  # a row is not its own neighbour
+        typical = np.sqrt(max(float(np.median(np.partition(sq, k - 1, axis=1)[:, k - 1])), 0.0))
+        return Grader(base.median, base.spread, ref.astype(np.float32), max(typical, 1e-12), k)
 
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
@@ -198,6 +224,47 @@ def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer
     return RuleScorer(
         tuple(RuleSpec(factor, "max", math.inf, relative=True) for _ in range(n_features))
     )
+
+
+def _grade(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The grade of a row ``r`` times as far from its neighbours as a typical row (see
+    :meth:`RuleScorer.graded_scores`)."""
+    r4 = GRADED_TYPICAL / (RULES_THRESHOLD - GRADED_TYPICAL) * np.square(np.square(r))
+    graded: npt.NDArray[np.float64] = RULES_THRESHOLD * r4 / (r4 + 1.0)
+    return graded
+
+
+def _squared_distances(
+    x: npt.NDArray[np.float64], ref: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float64]:
+    """(rows of ``x``, rows of ``ref``): squared Euclidean distances."""
+    r = ref.astype(np.float64, copy=False)
+    sq: npt.NDArray[np.float64] = (
+        np.square(x).sum(axis=1)[:, None] + np.square(r).sum(axis=1)[None, :] - 2.0 * (x @ r.T)
+    )
+    return sq
+
+
+@dataclass(frozen=True, slots=True)
+class Grader:
+    """Grades rows by their distance to their ``k``-th nearest row of a fixed history
+    (:meth:`RuleScorer.grader`)."""
+
+    median: npt.NDArray[np.float64]
+    spread: npt.NDArray[np.float64]
+    ref: npt.NDArray[np.float32]
+    """The history, in units of its spreads from its median."""
+    typical: float
+    k: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ref.nbytes + self.median.nbytes + self.spread.nbytes)
+
+    def grade(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        x = (rows.astype(np.float64) - self.median) / self.spread
+        kth = np.partition(_squared_distances(x, self.ref), self.k - 1, axis=1)[:, self.k - 1]
+        return _grade(np.sqrt(np.maximum(kth, 0.0)) / self.typical)
 
 
 def _kth_distance(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sentinel_stream.detect.baseline import Baseline
 from sentinel_stream.detect.rules import (
+    GRADED_TYPICAL,
     RULES_THRESHOLD,
     RuleScorer,
     generic_rules,
@@ -83,15 +85,20 @@ def test_rows_the_rules_do_not_flag_are_graded_by_how_far_from_their_neighbours(
     rows[4, :2] = [1.5, -1.5]  # each value ordinary, the two together not
     graded = rules.graded_scores(rows, history)
     assert graded is not None
-    assert graded[0] < 0.15 and graded[0] < graded[1] < graded[2] < graded[3]
+    # The row at the median is nearer its neighbours than a typical row; the others
+    # further and further.
+    assert graded[0] < GRADED_TYPICAL and graded[0] < graded[1] < graded[2] < graded[3]
     assert graded[3] < RULES_THRESHOLD  # graded, never flagged by it
     along = rows[4:].copy()
     along[0, :2] = [1.5, 1.5]
     graded_along = rules.graded_scores(along, history)
-    assert graded_along is not None and graded[4] > 0.4 > 0.2 > graded_along[0]
+    assert graded_along is not None and graded[4] > GRADED_TYPICAL > graded_along[0]
     # The first batch, before any history, is graded against itself.
     first = rules.graded_scores(np.vstack((history[:60], rows[3:4])), history[:0])
     assert first is not None and int(np.argmax(first)) == 60
+    # On the forest's scale: a typical row is graded what a forest gives its ordinary
+    # rows, so an anomaly graded before the first model does not rank under them.
+    assert np.median(first) == pytest.approx(GRADED_TYPICAL, abs=0.01)
     assert rules.graded_scores(rows[:2], history[:0]) is None  # too few rows to say
     # Telemetry's rules have a reference of their own: not graded.
     assert rules.graded and not telemetry_rules(20.0, 5).graded
