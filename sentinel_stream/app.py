@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -154,10 +155,14 @@ class Service:
             target=self._run_pipeline, args=(pipeline,), name="pipeline", daemon=True
         )
         thread.start()
+        next_trim = time.monotonic() + TRIM_EVERY_S
         try:
             while not self._done.is_set():
                 await asyncio.sleep(0.1)
                 self.side.poll()
+                if time.monotonic() >= next_trim:
+                    trim_heap()
+                    next_trim = time.monotonic() + TRIM_EVERY_S
         finally:
             owners.close()
             await runner.cleanup()
@@ -248,6 +253,26 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+TRIM_EVERY_S = 30.0
+"""How often the service gives the heap's free pages back (:func:`trim_heap`)."""
+
+
+def trim_heap() -> bool:
+    """Give the pages malloc holds free back to the kernel; True if any were.
+
+    glibc returns freed memory to the kernel only from the top of its heaps: a window,
+    a model or a fetch buffer freed below a live block stays resident. Evictions (the
+    memory budget, floods of one-off routes) and backlogs leave such holes;
+    ``malloc_trim`` releases the free pages inside them too. The service calls it every
+    ``TRIM_EVERY_S`` seconds from the HTTP side's thread (the call leaves the GIL
+    free; it takes the allocator's locks only while it walks). Off glibc, nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))
 
 
 def run(settings: Settings) -> int:
