@@ -248,11 +248,16 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     ``MALLOC_ARENA_MAX`` (glibc reads it itself) or off glibc."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
+    mallopt = _libc("mallopt")
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+def _libc(name: str) -> Any:
+    """The C library's function ``name`` (glibc's malloc tuning), or None off glibc."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, arenas))
+        return None
 
 
 TRIM_EVERY_S = 30.0
@@ -268,11 +273,8 @@ def trim_heap() -> bool:
     ``malloc_trim`` releases the free pages inside them too. The service calls it every
     ``TRIM_EVERY_S`` seconds from the HTTP side's thread (the call leaves the GIL
     free; it takes the allocator's locks only while it walks). Off glibc, nothing."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(trim(0))
+    trim = _libc("malloc_trim")
+    return trim is not None and bool(trim(0))
 
 
 def run(settings: Settings) -> int:

@@ -263,16 +263,15 @@ class Grader:
 
     def grade(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         x = (rows.astype(np.float64) - self.median) / self.spread
-        kth = np.partition(_squared_distances(x, self.ref), self.k - 1, axis=1)[:, self.k - 1]
-        return _grade(np.sqrt(np.maximum(kth, 0.0)) / self.typical)
+        return _grade(_kth_distance(x, self.ref, self.k, itself=False) / self.typical)
 
 
 def _kth_distance(
-    x: npt.NDArray[np.float64], ref: npt.NDArray[np.float64], k: int, itself: bool
+    x: npt.NDArray[np.float64], ref: npt.NDArray[np.floating], k: int, itself: bool
 ) -> npt.NDArray[np.float64]:
     """Each row of ``x``'s Euclidean distance to its ``k``-th nearest row of ``ref``
     (``itself``: ``x`` is ``ref``, and a row is not its own neighbour)."""
-    sq = np.square(x).sum(axis=1)[:, None] + np.square(ref).sum(axis=1)[None, :] - 2.0 * (x @ ref.T)
+    sq = _squared_distances(x, ref)
     if itself:
         np.fill_diagonal(sq, np.inf)
     kth = np.partition(sq, k - 1, axis=1)[:, k - 1]
