@@ -224,16 +224,26 @@ class LocalKafka:
 
     def leader(self, topic: str, partition: int) -> int:
         """The node leading ``partition`` of ``topic`` now (-1 while it has none)."""
-        return int(self._partition(topic, partition).leader)
+        found = self._partition(topic, partition)
+        return -1 if found is None else int(found.leader)
 
     def in_sync_replicas(self, topic: str, partition: int) -> set[int]:
-        return {int(n) for n in self._partition(topic, partition).isrs}
+        """The nodes in sync for ``partition`` (empty while the answering node has not
+        yet learnt of the topic)."""
+        found = self._partition(topic, partition)
+        return set() if found is None else {int(n) for n in found.isrs}
 
     def _partition(self, topic: str, partition: int) -> Any:
+        """The partition's metadata, or None when the node that answered does not know it
+        yet: a topic just created reaches each node's metadata cache at its own moment, so
+        callers that wait on a condition must see "not yet" rather than a KeyError."""
         if self._admin is None:
             self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
         metadata = self._admin.list_topics(topic, timeout=10)
-        return metadata.topics[topic].partitions[partition]
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return None
+        return found.partitions.get(partition)
 
     def _index(self, node: int) -> int:
         if not 1 <= node <= len(self.addresses):
