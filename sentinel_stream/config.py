@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     )
     batch_linger_ms: Annotated[
         int, Field(ge=0, le=1000, description="wait for more records after the first of a batch")
-    ] = 2
+    ] = 0
     commit_interval_ms: Annotated[
         int, Field(ge=10, description="how often processed offsets are committed")
     ] = 1000

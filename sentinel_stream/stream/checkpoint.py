@@ -10,9 +10,21 @@ order:
 2. if some are not acknowledged yet (a broker is down, a leader moving), commit
    nothing and say so (:attr:`Outcome.deferred`): the loop retries later, with backoff,
    and the records stay uncommitted, so a crash meanwhile reprocesses them;
-3. commit ``offset + 1`` of the last processed record of each partition, synchronously.
-   A commit that races a rebalance, or finds the coordinator moving, is deferred the
-   same way; one that cannot heal (:mod:`.errors`) raises :class:`CommitFailed`.
+3. commit ``offset + 1`` of the last processed record of each partition. A commit that
+   races a rebalance, or finds the coordinator moving, is deferred the same way; one
+   that cannot heal (:mod:`.errors`) raises :class:`CommitFailed`.
+
+The commit on the interval is asynchronous (``wait=False``): the offsets are sent and
+the loop goes on. A synchronous commit is a round trip to the group coordinator, which
+appends to ``__consumer_offsets`` and waits for its replicas (7-12 ms on a local broker),
+and every record that arrived meanwhile waited with it, once a second
+(``bench/stream_throughput.py``'s latency phase). Nothing is lost by not waiting: what
+is committed had its outputs acknowledged first (step 1), and the answer comes back
+through the consumer's ``on_commit`` callback (:meth:`Checkpoint.on_commit`) during a
+later poll: a failure that heals puts the offsets back to be committed on the next
+interval, one that cannot heal raises :class:`CommitFailed` at the next commit. The
+commits that must have landed before something else happens (partitions revoked in a
+rebalance, shutdown) wait.
 
 A delivery that failed for good is never skipped: a failure that heals (a record whose
 local timeout expired) rewinds the consumer to the last commit (:attr:`Outcome.rewind`),
@@ -75,6 +87,10 @@ class Checkpoint:
         self._last_commit = time.monotonic()
         self._errors: list[KafkaError] = []
         self._errors_lock = threading.Lock()
+        self._sent: dict[int, int] = {}
+        """partition -> the offset an asynchronous commit carries, until its answer."""
+        self._commit_error: KafkaError | None = None
+        """An asynchronous commit's failure that cannot heal, raised at the next commit."""
         self.commits = 0
 
     # -- called by the producer's delivery reports (only failures report) ---------------
@@ -83,6 +99,25 @@ class Checkpoint:
         if err is not None:
             with self._errors_lock:
                 self._errors.append(err)
+
+    # -- called by the consumer's commit reports (during poll/consume, this thread) -------
+
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The broker's answer to a commit. Only asynchronous commits are acted on: a
+        synchronous one reports through :meth:`commit` itself."""
+        for tp in partitions:
+            if tp.topic != self._topic or self._sent.get(tp.partition) != tp.offset:
+                continue
+            del self._sent[tp.partition]
+            failure = tp.error or err
+            if failure is None:
+                continue
+            if not heals(failure) and failure.code() != KafkaError._NO_OFFSET:
+                self._commit_error = failure
+            elif tp.partition not in self._next and tp.partition in self._committed:
+                # Commit it again on the next interval (nothing newer is pending).
+                self._next[tp.partition] = tp.offset
+                log.info("commit_retried", partition=tp.partition, error=describe(failure))
 
     def _take_errors(self) -> list[KafkaError]:
         with self._errors_lock:
@@ -104,6 +139,12 @@ class Checkpoint:
         for p in partitions:
             self._next.pop(p, None)
             self._committed.pop(p, None)
+            self._sent.pop(p, None)
+
+    def committed(self, partition: int) -> int | None:
+        """The offset this member last committed for ``partition`` (sent, if the commit
+        was asynchronous: its records' outputs were acknowledged either way), or None."""
+        return self._committed.get(partition)
 
     @property
     def pending(self) -> bool:
@@ -116,15 +157,21 @@ class Checkpoint:
         """Before producing anything for newly consumed records (exactly-once opens its
         transaction here)."""
 
-    def commit(self, timeout: float = 30.0) -> Outcome:
+    def commit(self, timeout: float = 30.0, wait: bool = True) -> Outcome:
+        """Commit what is processed; ``wait=False`` does not wait for the offset commit's
+        answer (see the module doc)."""
         raise NotImplementedError
 
     def abandon(self) -> None:
         """Give up what is uncommitted (exactly-once aborts its transaction)."""
         self._next.clear()
 
-    def _commit_offsets(self, offsets: list[TopicPartition]) -> None:
-        self._consumer.commit(offsets=offsets, asynchronous=False)
+    def _commit_offsets(self, offsets: list[TopicPartition], wait: bool = True) -> None:
+        if wait:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        self._consumer.commit(offsets=offsets, asynchronous=True)
+        self._sent.update((tp.partition, tp.offset) for tp in offsets)
 
     def _offsets(self) -> list[TopicPartition]:
         return [TopicPartition(self._topic, p, o) for p, o in self._next.items()]
@@ -143,8 +190,11 @@ def _fatal(what: str, err: KafkaError) -> CommitFailed:
 class AtLeastOnce(Checkpoint):
     """Flush, check, commit (see the module doc)."""
 
-    def commit(self, timeout: float = 30.0) -> Outcome:
+    def commit(self, timeout: float = 30.0, wait: bool = True) -> Outcome:
         self._last_commit = time.monotonic()
+        if self._commit_error is not None:
+            failure, self._commit_error = self._commit_error, None
+            raise _fatal("an offset commit failed", failure)
         remaining = self._producer.flush(timeout)
         errors = self._take_errors()
         for failure in errors:
@@ -162,7 +212,7 @@ class AtLeastOnce(Checkpoint):
             return Outcome()
         offsets = self._offsets()
         try:
-            self._commit_offsets(offsets)
+            self._commit_offsets(offsets, wait)
         except KafkaException as exc:
             err = error_of(exc)
             if err is None or not heals(err):
@@ -200,7 +250,8 @@ class Transactional(Checkpoint):
         pending = self._open or bool(self._next)
         return pending and time.monotonic() - self._last_commit >= self._interval
 
-    def commit(self, timeout: float = 30.0) -> Outcome:
+    def commit(self, timeout: float = 30.0, wait: bool = True) -> Outcome:
+        """Always waits: the transaction's commit is what makes its records visible."""
         self._last_commit = time.monotonic()
         if self._must_abort is not None:
             return self._abort(self._must_abort)

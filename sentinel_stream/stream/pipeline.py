@@ -115,7 +115,12 @@ class Pipeline:
             )
         )
         self._consumer = Consumer(
-            consumer_config(settings, stats_cb=self._on_stats, error_cb=self._on_error)
+            consumer_config(
+                settings,
+                stats_cb=self._on_stats,
+                error_cb=self._on_error,
+                on_commit=self._on_commit,
+            )
         )
         kind = Transactional if settings.exactly_once else AtLeastOnce
         self.checkpoint: Checkpoint = kind(
@@ -157,6 +162,9 @@ class Pipeline:
         failure = self.publisher.on_delivery(err, msg)
         if failure is not None:
             self.checkpoint.on_delivery(failure, msg)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self.checkpoint.on_commit(err, partitions)
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's client-wide errors: all brokers down, or a fatal one."""
@@ -300,7 +308,7 @@ class Pipeline:
                 self._producer.poll(0)
                 self.metrics.drain_fit_seconds(self.engine.detector)
                 if self.checkpoint.due() and self._commit_backoff.ready():
-                    self._commit("interval", COMMIT_FLUSH_S)
+                    self._commit("interval", COMMIT_FLUSH_S, wait=False)
             self._drain()
         except (PipelineError, CommitFailed) as exc:
             self.status.error = str(exc)
@@ -394,9 +402,9 @@ class Pipeline:
             self.status.beat()
             time.sleep(min(backoff.failed(), max(0.0, deadline - time.monotonic())))
 
-    def _commit(self, reason: str, flush_s: float) -> Outcome:
+    def _commit(self, reason: str, flush_s: float, wait: bool = True) -> Outcome:
         try:
-            outcome = self.checkpoint.commit(flush_s)
+            outcome = self.checkpoint.commit(flush_s, wait)
         except CommitFailed as exc:
             self.metrics.commits.labels("failed").inc()
             self.status.producer_ok = False
@@ -418,13 +426,16 @@ class Pipeline:
 
     def _rewind(self) -> None:
         """Go back to the last committed offset of every owned partition: what was
-        processed after it is processed again (its outputs were lost or aborted)."""
+        processed after it is processed again (its outputs were lost or aborted). The
+        last commit is this member's own when it is newer than the broker's (an
+        asynchronous one still on its way: its records' outputs were acknowledged)."""
         assignment = [tp for tp in self._consumer.assignment() if tp.partition in self._owned]
         if not assignment:
             return
         self.metrics.rewinds.inc()
         for tp in self._consumer.committed(assignment, timeout=30.0):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            offset = max(tp.offset, self.checkpoint.committed(tp.partition) or -1)
+            offset = offset if offset >= 0 else OFFSET_BEGINNING
             try:
                 self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             except KafkaException as exc:  # not yet fetching: it starts at the commit anyway

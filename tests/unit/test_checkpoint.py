@@ -51,10 +51,9 @@ class FakeConsumer:
     errors: list[KafkaError] = field(default_factory=list)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        assert not asynchronous
         if self.errors:
             raise KafkaException(self.errors.pop(0))
-        self.log.append("commit")
+        self.log.append("commit_async" if asynchronous else "commit")
         self.committed.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
 
     def consumer_group_metadata(self) -> object:
@@ -213,3 +212,78 @@ def test_a_failed_delivery_aborts_the_transaction() -> None:
     cp.track(0, 3)
     cp.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), FakeMessage())  # type: ignore[arg-type]
     assert cp.commit().rewind and "commit_transaction" not in producer.calls
+
+
+@dataclass
+class Answered:
+    """A partition in the consumer's ``on_commit`` report (confluent-kafka's
+    TopicPartition cannot be made with an error)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None
+
+
+def answer(
+    partition: int, offset: int, error: KafkaError | None = None, topic: str = "in"
+) -> list[TopicPartition]:
+    """The consumer's ``on_commit`` report for one partition."""
+    return [Answered(topic, partition, offset, error)]  # type: ignore[list-item]
+
+
+def test_an_interval_commit_does_not_wait_for_its_answer() -> None:
+    cp, producer, consumer = make()
+    cp.track(0, 4)
+    outcome = cp.commit(wait=False)
+    assert outcome.partitions == 1 and outcome.deferred is None
+    assert producer.calls == ["flush", "commit_async"]  # acknowledged first, then sent
+    assert cp.committed(0) == 5 and not cp.pending
+    cp.on_commit(None, answer(0, 5))  # the broker took it: nothing more to do
+    assert cp.commit(wait=False).partitions == 0 and len(consumer.committed) == 1
+
+
+def test_an_asynchronous_commit_refused_for_a_reason_that_heals_is_sent_again() -> None:
+    cp, _, consumer = make()
+    cp.track(0, 4)
+    cp.commit(wait=False)
+    cp.on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), answer(0, 5))
+    assert cp.pending  # back in line for the next interval
+    assert cp.commit(wait=False).partitions == 1
+    assert consumer.committed == [[("in", 0, 5)], [("in", 0, 5)]]
+
+
+def test_a_newer_offset_wins_over_a_refused_older_one() -> None:
+    cp, _, consumer = make()
+    cp.track(0, 4)
+    cp.commit(wait=False)
+    cp.track(0, 8)
+    cp.on_commit(None, answer(0, 5, KafkaError(KafkaError._TRANSPORT)))
+    cp.commit(wait=False)
+    assert consumer.committed[-1] == [("in", 0, 9)]
+
+
+def test_an_asynchronous_commit_refused_for_good_stops_at_the_next_commit() -> None:
+    cp, _, _ = make()
+    cp.track(0, 4)
+    cp.commit(wait=False)
+    cp.on_commit(None, answer(0, 5, KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)))
+    with pytest.raises(CommitFailed, match="GROUP_AUTHORIZATION_FAILED"):
+        cp.commit(wait=False)
+
+
+def test_answers_to_other_commits_are_ignored() -> None:
+    """A synchronous commit's report, another topic's, or one for a partition that moved
+    to another member changes nothing."""
+    cp, _, _ = make()
+    cp.track(0, 4)
+    cp.track(1, 2)
+    cp.commit(wait=False)
+    cp.forget([1])
+    refused = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
+    cp.on_commit(None, answer(1, 3, refused))  # forgotten partition
+    cp.on_commit(None, answer(0, 5, refused, topic="other"))
+    cp.on_commit(None, answer(0, 99, refused))  # not the offset that was sent
+    assert not cp.pending
+    cp.track(0, 6)
+    assert cp.commit(wait=False).partitions == 1
