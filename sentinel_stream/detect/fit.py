@@ -48,6 +48,12 @@ class _RecordingTree(ExtraTreeRegressor):  # type: ignore[misc]
     seeds, a random generator per tree, about a tenth of a fit's time; the weights the
     tree was given say the same for free (``tests/unit/test_forest.py`` proves the two
     equal).
+
+    The tree is grown on the drawn rows alone, without the weights: sklearn's tree
+    builder drops the rows of weight 0 and keeps the others in index order, so the rows
+    taken in that order build the same tree, while checking a weight vector as long as
+    the window (``_check_sample_weight``, with its dataframe probes) was about a sixth of
+    a refit worker's time (``tests/unit/test_forest.py`` holds the trees equal).
     """
 
     random_state: int | np.integer | np.random.RandomState | None
@@ -60,6 +66,10 @@ class _RecordingTree(ExtraTreeRegressor):  # type: ignore[misc]
         check_input: bool = True,
     ) -> _RecordingTree:
         self.sample_rows_ = None if sample_weight is None else np.flatnonzero(sample_weight)
+        rows = self.sample_rows_
+        if rows is not None and not check_input and np.max(np.asarray(sample_weight)) == 1:
+            # Each drawn row once (IsolationForest draws without replacement).
+            X, y, sample_weight = np.asarray(X)[rows], np.asarray(y)[rows], None
         seed = self.random_state
         if isinstance(seed, int | np.integer):  # as sklearn's check_random_state would
             self.random_state = _reseeded(seed)
