@@ -7,12 +7,14 @@ inline (``SENTINEL_REFIT_WORKERS=0``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.ensemble import IsolationForest
+from sklearn.ensemble import IsolationForest, _bagging, _iforest
 from sklearn.tree import ExtraTreeRegressor
 
 from sentinel_stream.detect.forest import CompiledForest
@@ -38,6 +40,60 @@ def _reseeded(seed: int | np.integer) -> np.random.RandomState:
         rng = _RESEEDED.rng = np.random.RandomState(0)
     rng.seed(seed)
     return rng
+
+
+SKLEARN_AVERAGE_PATH_LENGTH = _iforest._average_path_length
+SKLEARN_BAGGING_INDICES = _bagging._generate_bagging_indices
+"""scikit-learn's own, kept for the tests that hold the replacements equal to them."""
+
+
+def average_path_lengths(n_samples_leaf: npt.ArrayLike) -> F64:
+    """sklearn's ``_average_path_length``, the same arithmetic in the same order, without
+    its ``check_array``: IsolationForest.fit calls it once per tree on the tree's node
+    counts (an int array), and the check, with its dataframe probes, cost more than the
+    arithmetic: about a quarter of a refit worker's time."""
+    counts = np.asarray(n_samples_leaf)
+    shape = counts.shape
+    counts = counts.reshape((1, -1))
+    out = np.zeros(counts.shape)
+    mask_1 = counts <= 1
+    mask_2 = counts == 2
+    not_mask = ~np.logical_or(mask_1, mask_2)
+    out[mask_1] = 0.0
+    out[mask_2] = 1.0
+    out[not_mask] = (
+        2.0 * (np.log(counts[not_mask] - 1.0) + np.euler_gamma)
+        - 2.0 * (counts[not_mask] - 1.0) / counts[not_mask]
+    )
+    result: F64 = out.reshape(shape)
+    return result
+
+
+def bagging_indices(random_state: Any, *args: Any, **kwargs: Any) -> Any:
+    """sklearn's ``_generate_bagging_indices`` drawing from :func:`_reseeded` instead of
+    a ``RandomState`` made from the tree's int seed (the same state, the same draws):
+    making one was about a fifth of a refit worker's time."""
+    if isinstance(random_state, int | np.integer):
+        random_state = _reseeded(random_state)
+    return SKLEARN_BAGGING_INDICES(random_state, *args, **kwargs)
+
+
+_FAST_PATHS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fast_paths() -> Iterator[None]:
+    """sklearn's two per-tree helpers above replaced for the span of one fit (a lock
+    keeps two threads' fits from interleaving the swap); ``tests/unit/test_forest.py``
+    holds each equal to sklearn's and the trees equal to a plain IsolationForest's."""
+    with _FAST_PATHS:
+        _iforest._average_path_length = average_path_lengths
+        _bagging._generate_bagging_indices = bagging_indices
+        try:
+            yield
+        finally:
+            _iforest._average_path_length = SKLEARN_AVERAGE_PATH_LENGTH
+            _bagging._generate_bagging_indices = SKLEARN_BAGGING_INDICES
 
 
 class _RecordingTree(ExtraTreeRegressor):  # type: ignore[misc]
@@ -175,7 +231,8 @@ def fit_scored(
         random_state=seed,
         n_jobs=1,
     )
-    model.fit(data)
+    with _fast_paths():
+        model.fit(data)
     floor = np.full(data.shape[1], -np.inf, dtype=np.float32)
     for f in one_sided:
         floor[f] = np.median(data[:, f])

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.ensemble import IsolationForest
+from sklearn.ensemble import IsolationForest, _bagging, _iforest
 
-from sentinel_stream.detect.fit import fit_forest, fit_scored, in_bag_rows, out_of_bag_scores
+from sentinel_stream.detect.fit import (
+    SKLEARN_AVERAGE_PATH_LENGTH,
+    SKLEARN_BAGGING_INDICES,
+    average_path_lengths,
+    bagging_indices,
+    fit_forest,
+    fit_scored,
+    in_bag_rows,
+    out_of_bag_scores,
+)
 from sentinel_stream.detect.forest import CompiledForest, average_path_length
 
 
@@ -258,3 +267,38 @@ def test_out_of_bag_path_lengths_are_the_complete_layouts() -> None:
     np.testing.assert_array_equal(
         forest.path_lengths(x32, in_bag), complete.path_lengths(x32, in_bag)
     )
+
+
+def test_the_fits_average_path_lengths_are_sklearns() -> None:
+    rng = np.random.default_rng(5)
+    counts = [
+        np.array([0, 1, 2, 3, 4, 255, 256, 1000]),
+        rng.integers(0, 300, size=500),
+        rng.integers(0, 3, size=(4, 7)),  # any shape comes back in its shape
+        [5],
+    ]
+    for c in counts:
+        ours = average_path_lengths(c)
+        theirs = SKLEARN_AVERAGE_PATH_LENGTH(c)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("max_samples", [64, 256, 1000])
+def test_the_fits_bagging_draws_are_sklearns(max_samples: int) -> None:
+    for seed in (0, 1, 12345, np.int64(2**31 - 2)):
+        args = (False, False, 3, 1000, 3, max_samples, None)
+        ours = bagging_indices(seed, *args)
+        theirs = SKLEARN_BAGGING_INDICES(seed, *args)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sklearn_is_itself_again_after_a_fit() -> None:
+    """The replacements hold for the span of a fit only, even one that fails."""
+    x = np.random.default_rng(3).normal(size=(300, 2))
+    fit_forest(x, 10, 64, seed=1)
+    with pytest.raises(ValueError, match="n_estimators"):
+        fit_forest(x, 0, 64, seed=1)  # sklearn refuses it inside fit
+    assert _iforest._average_path_length is SKLEARN_AVERAGE_PATH_LENGTH
+    assert _bagging._generate_bagging_indices is SKLEARN_BAGGING_INDICES
