@@ -87,6 +87,23 @@ def to_response(verdict: VerdictRecord) -> dict[str, Any]:
     return body
 
 
+def canonical_event(ev: Event, user_id: object) -> bytes:
+    """The event as the input topic carries it, with the id and time this member gave
+    it: what is forwarded, and what the route's owner is asked about (made only for
+    those: a member that does neither answers without it)."""
+    fields: dict[str, Any] = {
+        "latency": ev.latency,
+        "input_length": ev.input_length,
+        "errors": ev.errors,
+        "route": ev.route,
+        "event_id": ev.event_id,
+        "timestamp": ev.event_time,
+    }
+    if user_id is not None:
+        fields["user_id"] = user_id
+    return orjson.dumps(fields)
+
+
 Forward = Callable[[str, bytes], bool]
 """Sends an event (route, JSON bytes) to the input topic; False when it could not (the
 side producer's queue is full: counted)."""
@@ -169,23 +186,11 @@ class AnalyzeFlow:
             return error_response(422, "invalid_event", detail, field_errors(exc, "(body)"))
         ev = Event.from_record(event, default_id=self._next_id(), default_time=now_iso())
         hop = HOP_HEADER in request.headers
-        fields: dict[str, Any] = {
-            "latency": ev.latency,
-            "input_length": ev.input_length,
-            "errors": ev.errors,
-            "route": ev.route,
-            "event_id": ev.event_id,
-            "timestamp": ev.event_time,
-        }
-        user_id = event.get("user_id")
-        if user_id is not None:
-            fields["user_id"] = user_id
-        canonical = orjson.dumps(fields)
         answer = None
         if not hop and self.owner is not None:
             url = self.owner(ev.route)
             if url is not None:
-                answer = await self._ask_owner(url, canonical)
+                answer = await self._ask_owner(url, canonical_event(ev, event.get("user_id")))
         if answer is None:
             if not hop and self.owner is not None:
                 self._owner_outcome("self")
@@ -193,7 +198,7 @@ class AnalyzeFlow:
         if self.forward is not None and not hop:
             # Forwarded once, by the member the caller asked: the Kafka loop learns it.
             # Said out loud when it could not be: such an event trains nothing.
-            answer["forwarded"] = self.forward(ev.route, canonical)
+            answer["forwarded"] = self.forward(ev.route, canonical_event(ev, event.get("user_id")))
         return json_response(answer)
 
     async def _answer(self, ev: Event) -> dict[str, Any]:
