@@ -43,7 +43,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from sentinel_stream.detect.baseline import Baseline
+from sentinel_stream.detect.baseline import Baseline, quantiles
 
 RULES_THRESHOLD = 0.5
 RULE_MIN_HISTORY = 8
@@ -144,9 +144,9 @@ class RuleScorer:
         reference = rows if own else history
         if len(reference) < RULE_MIN_HISTORY:
             return None
-        base = Baseline.of(reference)
-        ref = (reference.astype(np.float64) - base.median) / base.spread
-        x = (rows.astype(np.float64) - base.median) / base.spread
+        median, unit = grading_units(reference)
+        ref = (reference.astype(np.float64) - median) / unit
+        x = (rows.astype(np.float64) - median) / unit
         k = min(GRADED_NEIGHBOURS, len(ref) - 1)
         among = _kth_distance(ref, ref, k, itself=True)
         typical = max(float(np.median(among)), 1e-12)
@@ -163,15 +163,15 @@ class RuleScorer:
         fraction of a fit, not the square of the rows."""
         if not self.graded or len(history) < RULE_MIN_HISTORY:
             return None
-        base = Baseline.of(history)
-        ref = (history.astype(np.float64) - base.median) / base.spread
+        median, unit = grading_units(history)
+        ref = (history.astype(np.float64) - median) / unit
         k = min(GRADED_NEIGHBOURS, len(ref) - 1)
         step = -(-len(ref) // GRADER_SAMPLE)
         sample = np.arange(0, len(ref), step)
         sq = _squared_distances(ref[sample], ref)
         sq[np.arange(len(sample)), sample] = np.inf  # a row is not its own neighbour
         typical = np.sqrt(max(float(np.median(np.partition(sq, k - 1, axis=1)[:, k - 1])), 0.0))
-        return Grader(base.median, base.spread, ref.astype(np.float32), max(typical, 1e-12), k)
+        return Grader(median, unit, ref.astype(np.float32), max(typical, 1e-12), k)
 
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
@@ -224,6 +224,29 @@ def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer
     return RuleScorer(
         tuple(RuleSpec(factor, "max", math.inf, relative=True) for _ in range(n_features))
     )
+
+
+def grading_units(
+    history: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(median, unit) per feature, in which a grade measures distances: the feature's
+    p10-p90 spread; where that is 0 (a feature almost always at one value), its full
+    range; where that is 0 too, 1.
+
+    Not the baseline's spread, whose least value (0.05) is a bound for telemetry in log
+    space: on features of unknown scale it is a fixed distance, nothing on a feature that
+    spans hundreds and everything on one that spans a hundredth. Thyroid's hormone levels
+    span a few hundredths: with that floor, the features that tell its anomalies apart
+    weighed next to nothing in the distance (the README's *Detection quality* has the
+    figures)."""
+    q = quantiles(history.astype(np.float64), _GRADING_QUANTILES)
+    spread = q[2] - q[0]
+    span = q[3] - q[4]
+    unit = np.where(spread > 0, spread, np.where(span > 0, span, 1.0))
+    return q[1], unit
+
+
+_GRADING_QUANTILES = np.array([0.1, 0.5, 0.9, 1.0, 0.0])
 
 
 def _grade(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -11,6 +11,7 @@ from sentinel_stream.detect.rules import (
     RULES_THRESHOLD,
     RuleScorer,
     generic_rules,
+    grading_units,
     telemetry_rules,
 )
 from tests.support.telemetry import engine, ev, normal
@@ -102,3 +103,28 @@ def test_rows_the_rules_do_not_flag_are_graded_by_how_far_from_their_neighbours(
     assert rules.graded_scores(rows[:2], history[:0]) is None  # too few rows to say
     # Telemetry's rules have a reference of their own: not graded.
     assert rules.graded and not telemetry_rules(20.0, 5).graded
+
+
+def test_grades_measure_each_feature_in_its_own_units_however_small() -> None:
+    # A feature that spans a few hundredths (thyroid's hormone levels) beside one that
+    # spans units: a row far out on the small one alone is far from its neighbours.
+    rng = np.random.default_rng(5)
+    rules = generic_rules(2)
+    history = np.column_stack((rng.normal(0.01, 0.002, 800), rng.normal(5.0, 1.0, 800))).astype(
+        np.float32
+    )
+    # The median row; one ten spreads out on the small feature; one a spread and a half
+    # out on the large one: the first of the two is the further from its neighbours.
+    rows = np.array([[0.01, 5.0], [0.03, 5.0], [0.01, 8.8]], dtype=np.float32)
+    grader = rules.grader(history)
+    assert grader is not None
+    graded = grader.grade(rows)
+    assert graded[0] < GRADED_TYPICAL < graded[2] < graded[1] < RULES_THRESHOLD
+    before = rules.graded_scores(rows, history)
+    assert before is not None and before[0] < before[2] < before[1]
+    # A feature almost always at one value is measured in its range; a constant, in 1.
+    rare = np.zeros((100, 3), dtype=np.float32)
+    rare[:5, 0] = 4.0
+    rare[:, 1] = np.arange(100)
+    median, unit = grading_units(rare)
+    assert unit.tolist() == [4.0, pytest.approx(79.2), 1.0] and median.tolist() == [0, 49.5, 0]
