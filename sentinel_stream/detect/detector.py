@@ -78,17 +78,18 @@ The policy, in the order a batch meets it:
    state. At most ``max_models`` trained models (the least recently seen route's model
    dropped; the route is scored by rules until it is refit). Evictions, refusals and
    dropped models are counted.
-8. **Rows a model does not flag are ranked by their neighbours too** (features of
-   unknown meaning, whose rules grade: :meth:`.RuleScorer.graded_scores`). Their score
-   is the mean of the forest's and of their distance to their fifth-nearest row of the
-   route's window and long memory as the model came in (graded on the forest's scale,
-   a typical row 0.45), kept
-   below the threshold: a forest ranks poorly a row that is unusual only among its
-   neighbours (every value ordinary), and the neighbour distance ranks it well, but
-   the threshold is read from the forest's scores alone, so what is flagged, what
-   teaches and where a verdict flips stay the forest's. The grader is made once per
-   model (its rows in spreads, and a typical row's distance from a sample of 512) and
-   counted in the route's bytes.
+8. **A model of features of unknown meaning scores by its neighbours too** (rules that
+   grade: :meth:`.RuleScorer.graded_scores`). A row's score is the mean of the forest's
+   and of a grade of its distance to its fifth-nearest training row (features in their
+   own p10-p90 units; a row as far as a typical training row, or nearer, grades 0.45,
+   rising by 0.1 per e-fold of distance: :func:`.rules.neighbour_grade`), and the
+   threshold is read, as the forest's is, from the same mean of the training rows
+   (out-of-bag scores, each row's grade against the others: :func:`.refit.fit_route`);
+   what the rules flag stays flagged. A forest ranks poorly a row unusual only among
+   its neighbours (every value ordinary), and the neighbour distance ranks it well;
+   what teaches stays the forest's (``learn_margin`` over its own threshold). The
+   grader is made with the model, in the fit, and counted in the route's bytes; it
+   costs a distance to each training row (up to 2,000) per scored row.
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ class RouteModel:
     fitted_at: float
     tail_score: float = 1.0
     """Out-of-bag 90th percentile of the training scores (see ``RouteState.tail_hits``)."""
+    grader: Grader | None = None
+    """Grades rows by their distance to the model's training rows (point 8; features of
+    unknown meaning); None: the forest's score alone."""
+    graded_threshold: float = 1.0
+    """With a grader: the threshold of the mean of the forest's score and the grade."""
 
 
 @dataclass(slots=True)
@@ -204,10 +210,6 @@ class RouteState:
     the rows scored (a route that began in trouble and flags many does not lower its
     threshold), and a route has to show for about a window that it keeps its promise
     before it is trusted to."""
-    grader: Grader | None = None
-    """Grades rows by their distance to the model's training rows (point 8; features of
-    unknown meaning), made for the model of version ``grader_version``."""
-    grader_version: int = 0
     held: int = 0
     """The bytes the route table accounts for this route (see :func:`held_bytes`)."""
     settled: bool = False
@@ -223,12 +225,13 @@ def held_bytes(state: RouteState) -> int:
         n += memory.nbytes + (SAMPLER_BYTES if memory.sampling else 0)
     if state.live is not None:
         n += state.live.nbytes
-    if state.grader is not None:
-        n += state.grader.nbytes
     if state.baseline is not None:
         n += BASELINE_BYTES
-    if state.model is not None:
-        n += MODEL_BYTES + state.model.forest.nbytes
+    model = state.model
+    if model is not None:
+        n += MODEL_BYTES + model.forest.nbytes
+        if model.grader is not None:
+            n += model.grader.nbytes
     return n
 
 
@@ -483,16 +486,24 @@ class Detector:
                 model.threshold, RULES_THRESHOLD, self.rules.sum_excess,
                 self.params.learn_margin, model.tail_score,
             )  # fmt: skip
+            scores, threshold = j.scores, model.threshold
+            if model.grader is not None:
+                # Point 8: the forest's score and the neighbour grade together, against
+                # the threshold read from both; what the rules flag stays flagged.
+                fired = self.rules.fires(j.deviations)
+                threshold = model.graded_threshold
+                seen = rows if self.params.model_features is None else rows[:, self._cols]
+                scores = 0.5 * (j.scores + model.grader.grade(seen))
+                scores = np.where(fired, np.maximum(scores, threshold), scores)
+                j.flags = scores >= threshold
+                j.n_flagged = int(np.count_nonzero(j.flags))
             # The live calibration (point 6) moves what is flagged, not how a row scores
             # nor what teaches: those stay the model's own.
-            threshold, flags, n_flagged = model.threshold, j.flags, j.n_flagged
+            flags, n_flagged = j.flags, j.n_flagged
             if state.live_threshold < threshold and self._promise_unkept(state):
                 threshold = state.live_threshold
-                flags = j.scores >= threshold
+                flags = scores >= threshold
                 n_flagged = int(np.count_nonzero(flags))
-            scores = j.scores
-            if self._graded and not flags.all() and found is not None:
-                scores = self._ranked(route, state, model, rows, scores, flags, threshold)
             scored = Scored(
                 scores, flags, j.deviations, threshold, "isolation_forest", model.version,
                 len(state.window), state.baseline,
@@ -519,7 +530,7 @@ class Detector:
             if model is not None:
                 state.tail_hits += j.n_tail
                 state.scored_since_fit += n
-                self._calibrate(route, state, j.scores, n_flagged)
+                self._calibrate(route, state, scores, n_flagged)
             self._learn(route, state, rows, j)
         return scored
 
@@ -552,26 +563,6 @@ class Detector:
         seen = live.snapshot()[:, 0].astype(np.float64)
         value = tail_threshold(seen, p.contamination, threshold_tail(len(seen)))
         state.live_threshold = min(max(value, p.score_floor), 1.0)
-
-    def _ranked(
-        self, route: str, state: RouteState, model: RouteModel, rows: Rows, scores: F64,
-        flags: npt.NDArray[np.bool_], threshold: float,
-    ) -> F64:  # fmt: skip
-        """The scores of the rows not flagged, ranked by the forest and the neighbour
-        grade together, below ``threshold`` (the module doc, point 8)."""
-        if state.grader is None or state.grader_version != model.version:
-            history = state.window.snapshot()
-            if state.memory is not None:
-                history = np.concatenate((history, state.memory.snapshot()))
-            state.grader = self.rules.grader(history)
-            state.grader_version = model.version
-            self._routes.resize(route, held_bytes(state))
-        if state.grader is None:
-            return scores
-        blended = 0.5 * (scores + state.grader.grade(rows))
-        below = np.minimum(blended, np.nextafter(threshold, 0.0))
-        ranked: F64 = np.where(flags, scores, below)
-        return ranked
 
     def _promise_unkept(self, state: RouteState) -> bool:
         """The route has flagged less of its traffic than its contamination (point 6)."""
@@ -756,6 +747,7 @@ class Detector:
                 score_floor=params.score_floor,
                 seed=seed,
                 one_sided=self._one_sided,
+                graded=self._graded,
             )
 
         return make
@@ -806,6 +798,8 @@ class Detector:
                 trained_on=result.trained_on,
                 fitted_at=time.monotonic(),
                 tail_score=result.tail_score,
+                grader=result.grader,
+                graded_threshold=result.graded_threshold,
             )
             state.tail_hits = state.scored_since_fit = 0
             state.fit_pending = False

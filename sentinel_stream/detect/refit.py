@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sentinel_stream.detect.forest import CompiledForest
+from sentinel_stream.detect.rules import Grader, fit_grader
 from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 
 
@@ -49,6 +50,10 @@ class FitRequest:
     score_floor: float
     seed: int | None
     one_sided: tuple[int, ...] = ()
+    graded: bool = False
+    """Also fit a neighbour grader on the rows, and read a threshold from the training
+    rows' forest and neighbour grades together (features of unknown meaning: the
+    detector's module doc, point 8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,12 @@ class FitResult:
     tail_score: float = 1.0
     """The training rows' out-of-bag 90th percentile: new rows of the same traffic
     exceed it one time in ten (what tells a route that its traffic moved)."""
+    grader: Grader | None = None
+    """With ``graded``: what grades rows by their distance to the training rows."""
+    graded_threshold: float = 1.0
+    """With a grader: the threshold of the mean of a row's forest score and grade, read
+    as ``threshold`` is, from the training rows' (out-of-bag scores, each row's grade
+    against the others)."""
 
 
 RequestFactory = Callable[[], FitRequest | None]
@@ -89,6 +100,13 @@ def fit_route(request: FitRequest) -> FitResult:
     )
     tail_score = float(np.quantile(train_scores, 1.0 - TAIL))
     threshold = min(max(threshold, request.score_floor), 1.0)
+    grader, graded_threshold = None, threshold
+    graded = fit_grader(request.rows) if request.graded else None
+    if graded is not None:
+        grader, own = graded
+        blended = 0.5 * (train_scores + own)
+        value = tail_threshold(blended, request.contamination, threshold_tail(len(blended)))
+        graded_threshold = min(max(value, request.score_floor), 1.0)
     return FitResult(
         route=request.route,
         token=request.token,
@@ -97,6 +115,8 @@ def fit_route(request: FitRequest) -> FitResult:
         trained_on=len(request.rows),
         seconds=time.perf_counter() - started,
         tail_score=tail_score,
+        grader=grader,
+        graded_threshold=graded_threshold,
     )
 
 

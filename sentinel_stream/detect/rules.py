@@ -43,7 +43,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from sentinel_stream.detect.baseline import Baseline
+from sentinel_stream.detect.baseline import Baseline, quantiles
 
 RULES_THRESHOLD = 0.5
 RULE_MIN_HISTORY = 8
@@ -51,8 +51,12 @@ RULE_MIN_HISTORY = 8
 GRADED_NEIGHBOURS = 5
 """The neighbour whose distance grades a row before a route's first model
 (:meth:`RuleScorer.graded_scores`)."""
-GRADER_SAMPLE = 512
-"""Rows of a history whose neighbour distances set a :class:`Grader`'s typical one."""
+GRADER_BLOCK = 256
+"""Rows whose distances to a whole history :func:`fit_grader` takes at once (a block of
+256 x 2,000 distances, 4 MiB)."""
+GRADE_SLOPE = 0.1
+"""What a model's neighbour grade rises by per e-fold of a row's distance over a typical
+row's (:func:`neighbour_grade`)."""
 GRADED_TYPICAL = 0.45
 """What a row as far from its neighbours as a typical row is graded: what a forest scores
 its ordinary rows (:meth:`RuleScorer.graded_scores`)."""
@@ -144,34 +148,15 @@ class RuleScorer:
         reference = rows if own else history
         if len(reference) < RULE_MIN_HISTORY:
             return None
-        base = Baseline.of(reference)
-        ref = (reference.astype(np.float64) - base.median) / base.spread
-        x = (rows.astype(np.float64) - base.median) / base.spread
+        median, unit = grading_units(reference)
+        ref = (reference.astype(np.float64) - median) / unit
+        x = (rows.astype(np.float64) - median) / unit
         k = min(GRADED_NEIGHBOURS, len(ref) - 1)
         among = _kth_distance(ref, ref, k, itself=True)
         typical = max(float(np.median(among)), 1e-12)
         r = (among if own else _kth_distance(x, ref, k, itself=False)) / typical
         # typical / (threshold - typical): 9 for 0.45 of 0.5.
         return _grade(r)
-
-    def grader(self, history: npt.NDArray[np.float32]) -> Grader | None:
-        """What grades rows against ``history`` as :meth:`graded_scores` does, made once
-        for many batches (a route's training rows, for as long as its model is in force):
-        None when these rules do not grade, or with fewer than ``RULE_MIN_HISTORY`` rows.
-        The typical row's distance is the median over an even sample of at most
-        ``GRADER_SAMPLE`` rows (each against all of ``history``), so that it costs a
-        fraction of a fit, not the square of the rows."""
-        if not self.graded or len(history) < RULE_MIN_HISTORY:
-            return None
-        base = Baseline.of(history)
-        ref = (history.astype(np.float64) - base.median) / base.spread
-        k = min(GRADED_NEIGHBOURS, len(ref) - 1)
-        step = -(-len(ref) // GRADER_SAMPLE)
-        sample = np.arange(0, len(ref), step)
-        sq = _squared_distances(ref[sample], ref)
-        sq[np.arange(len(sample)), sample] = np.inf  # a row is not its own neighbour
-        typical = np.sqrt(max(float(np.median(np.partition(sq, k - 1, axis=1)[:, k - 1])), 0.0))
-        return Grader(base.median, base.spread, ref.astype(np.float32), max(typical, 1e-12), k)
 
     def fires(self, deviations: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """Rows whose deviations (from :meth:`score` or the kernel) reach the rules'
@@ -226,6 +211,29 @@ def generic_rules(n_features: int, factor: float = GENERIC_FACTOR) -> RuleScorer
     )
 
 
+def grading_units(
+    history: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(median, unit) per feature, in which a grade measures distances: the feature's
+    p10-p90 spread; where that is 0 (a feature almost always at one value), its full
+    range; where that is 0 too, 1.
+
+    Not the baseline's spread, whose least value (0.05) is a bound for telemetry in log
+    space: on features of unknown scale it is a fixed distance, nothing on a feature that
+    spans hundreds and everything on one that spans a hundredth. Thyroid's hormone levels
+    span a few hundredths: with that floor, the features that tell its anomalies apart
+    weighed next to nothing in the distance (the README's *Detection quality* has the
+    figures)."""
+    q = quantiles(history.astype(np.float64), _GRADING_QUANTILES)
+    spread = q[2] - q[0]
+    span = q[3] - q[4]
+    unit = np.where(spread > 0, spread, np.where(span > 0, span, 1.0))
+    return q[1], unit
+
+
+_GRADING_QUANTILES = np.array([0.1, 0.5, 0.9, 1.0, 0.0])
+
+
 def _grade(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The grade of a row ``r`` times as far from its neighbours as a typical row (see
     :meth:`RuleScorer.graded_scores`)."""
@@ -248,7 +256,7 @@ def _squared_distances(
 @dataclass(frozen=True, slots=True)
 class Grader:
     """Grades rows by their distance to their ``k``-th nearest row of a fixed history
-    (:meth:`RuleScorer.grader`)."""
+    (:func:`fit_grader`)."""
 
     median: npt.NDArray[np.float64]
     spread: npt.NDArray[np.float64]
@@ -263,7 +271,52 @@ class Grader:
 
     def grade(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         x = (rows.astype(np.float64) - self.median) / self.spread
-        return _grade(_kth_distance(x, self.ref, self.k, itself=False) / self.typical)
+        return neighbour_grade(_kth_distance(x, self.ref, self.k, itself=False) / self.typical)
+
+
+def neighbour_grade(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A model's grade of a row ``r`` times as far from its ``k``-th neighbour as a
+    typical row: ``GRADED_TYPICAL`` (0.45, what a forest scores its ordinary rows) up to
+    ``r = 1``, then rising by ``GRADE_SLOPE`` per e-fold (0.52 at twice the distance,
+    0.68 at ten times), at most 1.
+
+    Not :meth:`RuleScorer.graded_scores`' grade, which stays under the rules' threshold
+    and so saturates (every row three times as far as a typical one grades 0.499): beside
+    a forest, it left the forest alone to rank the rows far from their neighbours, the
+    ones that matter. Logarithmic, as a forest's score is in a row's isolation depth.
+    Never below a typical row's: a row nearer its neighbours than most is not the more
+    normal for it, and a tight cluster of anomalies that taught (near each other, far
+    from everything else) would be pulled under the normal rows' tail, where the forest
+    ranks it on top."""
+    graded: npt.NDArray[np.float64] = GRADED_TYPICAL + GRADE_SLOPE * np.log(
+        np.clip(r, 1.0, math.exp((1.0 - GRADED_TYPICAL) / GRADE_SLOPE))
+    )
+    return graded
+
+
+def fit_grader(
+    history: npt.NDArray[np.float32],
+) -> tuple[Grader, npt.NDArray[np.float64]] | None:
+    """What grades rows by their distance to their ``GRADED_NEIGHBOURS``-th nearest row of
+    ``history`` (a model's training rows, made where the model is fit), and the grade of
+    each row of ``history`` against the others, from which a threshold is read as a
+    forest's is from its out-of-bag scores. A typical row's distance is the median of
+    the history's own. None with fewer than ``RULE_MIN_HISTORY`` rows. Costs the
+    distances between every two rows of the history, ``GRADER_BLOCK`` rows at a time."""
+    if len(history) < RULE_MIN_HISTORY:
+        return None
+    median, unit = grading_units(history)
+    ref = (history.astype(np.float64) - median) / unit
+    k = min(GRADED_NEIGHBOURS, len(ref) - 1)
+    own = np.empty(len(ref))
+    for a in range(0, len(ref), GRADER_BLOCK):
+        b = min(a + GRADER_BLOCK, len(ref))
+        sq = _squared_distances(ref[a:b], ref)
+        sq[np.arange(b - a), np.arange(a, b)] = np.inf  # a row is not its own neighbour
+        own[a:b] = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, k - 1], 0.0))
+    typical = max(float(np.median(own)), 1e-12)
+    grader = Grader(median, unit, ref.astype(np.float32), typical, k)
+    return grader, neighbour_grade(own / typical)
 
 
 def _kth_distance(

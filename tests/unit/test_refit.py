@@ -13,7 +13,7 @@ from sentinel_stream.detect.detector import Detector
 from sentinel_stream.detect.fit import fit_scored
 from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, InlineRefitter, ProcessRefitter, fit_route
-from sentinel_stream.detect.rules import telemetry_rules
+from sentinel_stream.detect.rules import fit_grader, telemetry_rules
 from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tail
 from tests.support.telemetry import engine, normal, run
 
@@ -177,6 +177,28 @@ def test_a_threshold_is_read_from_the_top_5_percent_of_a_full_windows_scores() -
     assert oob is not None
     assert result.threshold == tail_threshold(oob, 0.001, 0.05)
     assert result.threshold != tail_threshold(oob, 0.001, TAIL)
+
+
+def test_a_graded_fit_reads_its_threshold_from_the_forest_and_the_neighbours_together() -> None:
+    # With ``graded`` (features of unknown meaning) a fit also makes the neighbour
+    # grader of its rows, and reads a second threshold, as the first, from the mean of
+    # each training row's out-of-bag score and its grade against the other rows: on
+    # fresh rows of the same traffic that mean exceeds it about ``contamination`` of
+    # the time.
+    rng = np.random.default_rng(8)
+    rows = rng.normal(size=(2000, 4)).astype(np.float32)
+    plain = fit_route(FitRequest("/t", 1, rows, 100, 256, 0.01, 0.0, 3))
+    assert plain.grader is None
+    result = fit_route(FitRequest("/t", 1, rows, 100, 256, 0.01, 0.0, 3, graded=True))
+    assert result.grader is not None and result.forest is not None
+    assert result.threshold == plain.threshold  # the forest's own is unchanged
+    _, _, oob = fit_scored(rows, 100, 256, 3)
+    fitted = fit_grader(rows)
+    assert oob is not None and fitted is not None
+    assert result.graded_threshold == tail_threshold(0.5 * (oob + fitted[1]), 0.01, 0.05)
+    fresh = rng.normal(size=(20_000, 4)).astype(np.float32)
+    blended = 0.5 * (result.forest.score(fresh) + result.grader.grade(fresh))
+    assert 0.003 < float(np.mean(blended >= result.graded_threshold)) < 0.03
 
 
 def test_refit_workers_run_at_a_lower_cpu_priority() -> None:

@@ -7,10 +7,15 @@ import pytest
 
 from sentinel_stream.detect.baseline import Baseline
 from sentinel_stream.detect.rules import (
+    GRADE_SLOPE,
     GRADED_TYPICAL,
+    RULE_MIN_HISTORY,
     RULES_THRESHOLD,
     RuleScorer,
+    fit_grader,
     generic_rules,
+    grading_units,
+    neighbour_grade,
     telemetry_rules,
 )
 from tests.support.telemetry import engine, ev, normal
@@ -102,3 +107,59 @@ def test_rows_the_rules_do_not_flag_are_graded_by_how_far_from_their_neighbours(
     assert rules.graded_scores(rows[:2], history[:0]) is None  # too few rows to say
     # Telemetry's rules have a reference of their own: not graded.
     assert rules.graded and not telemetry_rules(20.0, 5).graded
+
+
+def test_grades_measure_each_feature_in_its_own_units_however_small() -> None:
+    # A feature that spans a few hundredths (thyroid's hormone levels) beside one that
+    # spans units: a row far out on the small one alone is far from its neighbours.
+    rng = np.random.default_rng(5)
+    rules = generic_rules(2)
+    history = np.column_stack((rng.normal(0.01, 0.002, 800), rng.normal(5.0, 1.0, 800))).astype(
+        np.float32
+    )
+    # The median row; one ten spreads out on the small feature; one a spread and a half
+    # out on the large one: the first of the two is the further from its neighbours.
+    rows = np.array([[0.01, 5.0], [0.03, 5.0], [0.01, 8.8]], dtype=np.float32)
+    fitted = fit_grader(history)
+    assert fitted is not None
+    graded = fitted[0].grade(rows)
+    assert graded[0] == GRADED_TYPICAL < graded[2] < graded[1]
+    before = rules.graded_scores(rows, history)
+    assert before is not None and before[0] < before[2] < before[1]
+    # A feature almost always at one value is measured in its range; a constant, in 1.
+    rare = np.zeros((100, 3), dtype=np.float32)
+    rare[:5, 0] = 4.0
+    rare[:, 1] = np.arange(100)
+    median, unit = grading_units(rare)
+    assert unit.tolist() == [4.0, pytest.approx(79.2), 1.0] and median.tolist() == [0, 49.5, 0]
+
+
+def test_a_models_neighbour_grade_ranks_the_far_rows_and_holds_its_own_rows_typical() -> None:
+    # A model's grade does not saturate: three and ten times a typical row's distance
+    # grade apart (the warm-up grade, kept under the rules' threshold, gives both 0.499),
+    # rising by GRADE_SLOPE per e-fold from GRADED_TYPICAL.
+    # Nearer than a typical row grades as a typical row; the grade is at most 1.
+    r = np.array([1.0, 2.0, 3.0, 10.0])
+    graded = neighbour_grade(r)
+    assert graded[0] == pytest.approx(GRADED_TYPICAL)
+    assert graded.tolist() == pytest.approx((GRADED_TYPICAL + GRADE_SLOPE * np.log(r)).tolist())
+    assert graded[3] - graded[2] > 0.1
+    assert neighbour_grade(np.array([0.0, 0.3, 1e9])).tolist() == pytest.approx(
+        [GRADED_TYPICAL, GRADED_TYPICAL, 1.0]
+    )
+    # fit_grader grades each history row against the others: the median is a typical
+    # row's; a history row graded again as a new row (it then counts as its own
+    # neighbour) grades no higher than against the others.
+    rng = np.random.default_rng(2)
+    history = rng.normal(size=(700, 3)).astype(np.float32)
+    fitted = fit_grader(history)
+    assert fitted is not None
+    grader, own = fitted
+    assert len(own) == len(history) and np.median(own) == pytest.approx(GRADED_TYPICAL, abs=1e-3)
+    again, alone = grader.grade(history[:50]), own[:50]
+    assert (again <= alone).all() and (
+        again[alone > GRADED_TYPICAL] < alone[alone > GRADED_TYPICAL]
+    ).all()
+    far = np.full((1, 3), 6.0, dtype=np.float32)
+    assert grader.grade(far)[0] > own.max()
+    assert fit_grader(history[: RULE_MIN_HISTORY - 1]) is None
