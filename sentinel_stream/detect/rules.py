@@ -152,9 +152,9 @@ class RuleScorer:
         ref = (reference.astype(np.float64) - median) / unit
         x = (rows.astype(np.float64) - median) / unit
         k = min(GRADED_NEIGHBOURS, len(ref) - 1)
-        among = _kth_distance(ref, ref, k, itself=True)
+        among = _kth_distance(ref, ref, k, within=0)
         typical = max(float(np.median(among)), 1e-12)
-        r = (among if own else _kth_distance(x, ref, k, itself=False)) / typical
+        r = (among if own else _kth_distance(x, ref, k)) / typical
         # typical / (threshold - typical): 9 for 0.45 of 0.5.
         return _grade(r)
 
@@ -271,7 +271,7 @@ class Grader:
 
     def grade(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         x = (rows.astype(np.float64) - self.median) / self.spread
-        return neighbour_grade(_kth_distance(x, self.ref, self.k, itself=False) / self.typical)
+        return neighbour_grade(_kth_distance(x, self.ref, self.k) / self.typical)
 
 
 def neighbour_grade(r: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -310,23 +310,25 @@ def fit_grader(
     k = min(GRADED_NEIGHBOURS, len(ref) - 1)
     own = np.empty(len(ref))
     for a in range(0, len(ref), GRADER_BLOCK):
-        b = min(a + GRADER_BLOCK, len(ref))
-        sq = _squared_distances(ref[a:b], ref)
-        sq[np.arange(b - a), np.arange(a, b)] = np.inf  # a row is not its own neighbour
-        own[a:b] = np.sqrt(np.maximum(np.partition(sq, k - 1, axis=1)[:, k - 1], 0.0))
+        own[a : a + GRADER_BLOCK] = _kth_distance(ref[a : a + GRADER_BLOCK], ref, k, within=a)
     typical = max(float(np.median(own)), 1e-12)
     grader = Grader(median, unit, ref.astype(np.float32), typical, k)
     return grader, neighbour_grade(own / typical)
 
 
 def _kth_distance(
-    x: npt.NDArray[np.float64], ref: npt.NDArray[np.floating], k: int, itself: bool
+    x: npt.NDArray[np.float64],
+    ref: npt.NDArray[np.floating],
+    k: int,
+    within: int | None = None,
 ) -> npt.NDArray[np.float64]:
     """Each row of ``x``'s Euclidean distance to its ``k``-th nearest row of ``ref``
-    (``itself``: ``x`` is ``ref``, and a row is not its own neighbour)."""
+    (``within``: ``x`` is ``ref[within:within + len(x)]``, and a row is not its own
+    neighbour)."""
     sq = _squared_distances(x, ref)
-    if itself:
-        np.fill_diagonal(sq, np.inf)
+    if within is not None:
+        rows = np.arange(len(x))
+        sq[rows, rows + within] = np.inf
     kth = np.partition(sq, k - 1, axis=1)[:, k - 1]
     out: npt.NDArray[np.float64] = np.sqrt(np.maximum(kth, 0.0))
     return out
