@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -181,6 +182,41 @@ def wrk(
     }
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of ``pid``'s threads, by kind: ``http`` (the main thread, where
+    the service's event loop serves HTTP), ``librdkafka`` (its ``rdk:`` threads) and
+    ``python`` (every other thread: the Kafka loop, and small helpers)."""
+    out = {"http": 0.0, "python": 0.0, "librdkafka": 0.0}
+    hz = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / hz  # utime + stime
+        kind = "http" if int(tid) == pid else "librdkafka" if comm.startswith("rdk:") else "python"
+        out[kind] += seconds
+    return out
+
+
+def wrk_measured(
+    pid: int, port: int, seconds: float, connections: int, tmp: Path
+) -> dict[str, Any]:
+    """:func:`wrk`, and the CPU the server's threads spent per request meanwhile (in
+    microseconds, by kind: :func:`thread_cpu`): where a request's time goes, which a
+    requests/s figure alone does not say (two threads of one interpreter share its lock)."""
+    before = thread_cpu(pid)
+    row = wrk(port, seconds, connections, tmp)
+    after = thread_cpu(pid)
+    requests = max(1.0, row["requests_per_s"] * seconds)
+    row["cpu_us_per_request"] = {
+        k: round((after[k] - before[k]) / requests * 1e6, 1) for k in before if after[k] > before[k]
+    }
+    return row
+
+
 def run_baseline(kind: str, seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
     port = free_port()
     proc = subprocess.Popen(
@@ -190,7 +226,7 @@ def run_baseline(kind: str, seconds: float, connections: int, tmp: Path) -> dict
     )
     try:
         wait_port(port)
-        return {"case": kind, **wrk(port, seconds, connections, tmp)}
+        return {"case": kind, **wrk_measured(proc.pid, port, seconds, connections, tmp)}
     finally:
         proc.terminate()
         proc.wait(20)
@@ -256,7 +292,7 @@ def run_sentinel(
             feed_kafka(bootstrap, env["SENTINEL_INPUT_TOPIC"], ROUTES, 600)
         warm(port, ROUTES)
         case = "sentinel" if forward else "no-forward"
-        return {"case": case, **wrk(port, seconds, connections, tmp)}
+        return {"case": case, **wrk_measured(proc.pid, port, seconds, connections, tmp)}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -379,11 +415,16 @@ def main() -> int:
         print(json.dumps(rows))
         return 0
     print(f"POST /analyze-flow, concurrency {args.connections}, {args.seconds:.0f} s each (wrk)")
-    print(f"{'case':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs plain':>10}{'non-2xx':>9}")
+    print(
+        f"{'case':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs plain':>10}{'non-2xx':>9}"
+        "  server CPU per request, by thread"
+    )
     for r in rows:
+        cpu = r.get("cpu_us_per_request") or {}
         print(
             f"{r['case']:<12}{r['requests_per_s']:>10,}{r['p50_ms']:>9}{r['p99_ms']:>9}"
-            f"{r['ratio_to_plain']:>10}{r['non_2xx']:>9}"
+            f"{r['ratio_to_plain']:>10}{r['non_2xx']:>9}  "
+            + ", ".join(f"{k} {v} us" for k, v in cpu.items())
         )
     return 0
 

@@ -318,13 +318,18 @@ def http_section(res: dict[str, Any]) -> list[str]:
         return [*out, f"({_failed(h)})"]
     assert h is not None
     out += [
-        "| case | requests/s | p50 ms | p99 ms | vs plain | non-2xx |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| case | requests/s | p50 ms | p99 ms | vs plain | non-2xx | server CPU µs per "
+        "request: HTTP thread / other Python threads / librdkafka |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in h["rows"]:
+        cpu = r.get("cpu_us_per_request")
+        split = (
+            " / ".join(str(cpu.get(k, 0)) for k in ("http", "python", "librdkafka")) if cpu else "-"
+        )
         out.append(
             f"| {r['case']} | {_n(r['requests_per_s'])} | {r['p50_ms']} | {r['p99_ms']} | "
-            f"{_n(r.get('ratio_to_plain'), 3)} | {r['non_2xx']} |"
+            f"{_n(r.get('ratio_to_plain'), 3)} | {r['non_2xx']} | {split} |"
         )
     other = _http(res, "non-owner")
     out += [
@@ -334,6 +339,13 @@ def http_section(res: dict[str, Any]) -> list[str]:
         "learning them); `no-forward` is the same with `SENTINEL_HTTP_FORWARD=false` "
         "(routes warmed through Kafka): the difference is what forwarding costs on cores "
         "shared with wrk and the broker; `v1` calls sklearn's `score_samples` per request.",
+        "",
+        "The CPU column is each server process's threads' CPU time during the run "
+        "divided by the requests answered: the HTTP thread is the process's main thread "
+        "(its event loop), the other Python threads are chiefly the Kafka loop (which, "
+        "with forwarding, scores and learns every forwarded event), librdkafka's are its "
+        "own. The HTTP thread and the Kafka loop share one interpreter lock: their sum "
+        "bounds the requests/s one process can serve.",
     ]
     if other:
         out += [
