@@ -195,7 +195,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.baselines:
         x = ev.baseline_features(stream)
         rows.append(ev.baseline_batch(x, stream.y, args.seed or 0)[0])
-        rows.append(ev.baseline_hst(x, stream.y, args.hst_rows)[0])
+        if args.hst_rows > 0:
+            rows.append(ev.baseline_hst(x, stream.y, args.hst_rows)[0])
         if args.v1_rows > 0:
             rows.append(ev.baseline_v1(x, stream.y, args.v1_rows)[0])
     if args.json:
@@ -305,10 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="v1_rows",
         type=int,
         default=20_000,
-        help="prefix the v1 service's design runs on (it is slow: one sklearn call a row)",
+        help="prefix the v1 service's design runs on (it is slow: one sklearn call a row); "
+        "0 skips it",
     )
     evaluate.add_argument(
-        "--hst-rows", type=int, default=10**9, help="prefix River's HalfSpaceTrees runs on"
+        "--hst-rows",
+        type=int,
+        default=10**9,
+        help="prefix River's HalfSpaceTrees runs on; 0 skips it",
     )
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -103,6 +103,23 @@ def test_evaluate_reads_odds_mat(tmp_path: Path) -> None:
     assert ours["rows"] == 3000 and ours["recall"] == 1.0 and ours["roc_auc"] > 0.99
 
 
+def test_evaluate_skips_a_baseline_given_no_rows(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 3))
+    y = np.zeros(600)
+    y[-6:] = 1
+    x[-6:] += 8
+    savemat(tmp_path / "t.mat", {"X": x, "y": y.reshape(-1, 1)})
+    out = run_cli(
+        "evaluate", str(tmp_path / "t.mat"), "--json", "--hst-rows", "0", "--v1-rows", "0"
+    )
+    assert out.returncode == 0, out.stderr
+    detectors = [r["detector"] for r in json.loads(out.stdout)["results"]]
+    assert detectors == ["sentinel-stream", "batch IsolationForest"]
+
+
 def test_evaluate_errors_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
