@@ -277,6 +277,23 @@ def stream_section(res: dict[str, Any]) -> list[str]:
                 f"{_n(p['verdicts'])} | {_n(p['p50_ms'])} | {_n(p['p99_ms'])} | "
                 f"{_n(p['max_ms'])} | {_n(p['models_installed'])} |"
             )
+    warm = s.get("warm_up") or []
+    if warm:
+        out += [
+            "",
+            "Before the runs above, each case ran once on the same broker at the headline "
+            "rate, and was thrown away: a broker's first minutes of each kind of traffic "
+            "are slower while its JIT compiles those paths, for every case alike. Those "
+            "first runs:",
+            "",
+            "| case (first run on the broker) | events/s | p50 ms | p99 ms | max ms | models |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for w in warm:
+            out.append(
+                f"| {w['case']} | {_n(w['events_per_s'])} | {_n(w['p50_ms'])} | "
+                f"{_n(w['p99_ms'])} | {_n(w['max_ms'])} | {_n(w['models_installed'])} |"
+            )
     return out
 
 
