@@ -283,8 +283,7 @@ def stream_section(res: dict[str, Any]) -> list[str]:
             "",
             "Before the runs above, each case ran once on the same broker at the headline "
             "rate, and was thrown away: a broker's first minutes of each kind of traffic "
-            "are slower while its JIT compiles those paths, for every case alike. Those "
-            "first runs:",
+            "are slower while its JVM warms up, for every case alike. Those first runs:",
             "",
             "| case (first run on the broker) | events/s | p50 ms | p99 ms | max ms | models |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
