@@ -388,6 +388,12 @@ def main() -> int:
             traceback.print_exc()
             res[name] = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
         res["seconds"][name] = round(time.monotonic() - started)
+        # Which run measured it: with --only, the report mixes sections of several runs.
+        res.setdefault("provenance", {})[name] = {
+            "command": res["command"],
+            "commit": commit,
+            "date": res["machine"]["date"],
+        }
         print(f"   {name}: {res['seconds'][name]} s", flush=True)
         # What is measured is kept as it comes: a run stopped later loses nothing before.
         (out / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
