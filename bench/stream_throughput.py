@@ -340,9 +340,8 @@ def measure(
     if warm_cases:
         # Every case once at the headline rate, thrown away: a broker's first minutes of
         # a kind of traffic are slow while its JVM warms up (measured on a fresh local
-        # broker: the
-        # pass-through's p99 at 10,000 events/s 638 ms, then 20, 11, 11 in three more
-        # runs; the pipeline's, whose state topic and group commits the pass-through does
+        # broker: the pass-through's p99 at 10,000 events/s 638 ms, then 20, 11, 11 in
+        # three more runs; the pipeline's, whose state topic and group commits the pass-through does
         # not exercise, 1,393 ms, then 63, 49, 27). Their figures are kept beside the
         # measured ones.
         for name in cases:

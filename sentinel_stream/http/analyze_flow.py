@@ -187,10 +187,12 @@ class AnalyzeFlow:
         ev = Event.from_record(event, default_id=self._next_id(), default_time=now_iso())
         hop = HOP_HEADER in request.headers
         answer = None
+        canonical: bytes | None = None  # made once, for the owner or the input topic
         if not hop and self.owner is not None:
             url = self.owner(ev.route)
             if url is not None:
-                answer = await self._ask_owner(url, canonical_event(ev, event.get("user_id")))
+                canonical = canonical_event(ev, event.get("user_id"))
+                answer = await self._ask_owner(url, canonical)
         if answer is None:
             if not hop and self.owner is not None:
                 self._owner_outcome("self")
@@ -198,7 +200,9 @@ class AnalyzeFlow:
         if self.forward is not None and not hop:
             # Forwarded once, by the member the caller asked: the Kafka loop learns it.
             # Said out loud when it could not be: such an event trains nothing.
-            answer["forwarded"] = self.forward(ev.route, canonical_event(ev, event.get("user_id")))
+            if canonical is None:
+                canonical = canonical_event(ev, event.get("user_id"))
+            answer["forwarded"] = self.forward(ev.route, canonical)
         return json_response(answer)
 
     async def _answer(self, ev: Event) -> dict[str, Any]:
