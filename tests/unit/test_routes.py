@@ -35,7 +35,10 @@ def test_the_sketch_counts_ages_and_never_undercounts() -> None:
     assert all(s.estimate(f"/k{i}") >= min(i % 7, s.CAP) for i in range(200))
     exact = sum(s.estimate(f"/k{i}") == i % 7 for i in range(200))
     assert exact >= 190  # 200 keys in 4 x 1024 counters: collisions are rare
-    assert s.estimate("/never") <= 1
+    # An unseen key reads its four counters' least: above 1 only if all four collide
+    # with counted keys (about 1 key in 1,200 here, so one unseen key alone would make
+    # the test fail about that often, with Python's per-process string hash).
+    assert sum(s.estimate(f"/never{i}") > 1 for i in range(200)) <= 5
     for _ in range(15):
         s.add("/hot")
     assert s.estimate("/hot") == s.CAP
