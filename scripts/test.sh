@@ -11,5 +11,5 @@ bash scripts/bootstrap.sh
 bash scripts/system-deps.sh
 bash scripts/llm-server.sh install   # the real model server of the LLM tests (cached build)
 echo "== ruff"; .venv/bin/ruff check sentinel_stream tests bench scripts
-echo "== mypy"; .venv/bin/mypy sentinel_stream
+echo "== mypy"; .venv/bin/mypy sentinel_stream bench tests
 echo "== pytest"; exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

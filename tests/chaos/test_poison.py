@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+
+# confluent_kafka.admin re-exports NewTopic from cimpl without marking it public
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from sentinel_stream.clock import EPOCH_MS_MAX
 from sentinel_stream.records import DLQ_ERROR, MAX_RECORD_BYTES
@@ -97,7 +100,7 @@ def test_every_kind_of_poison_record_gets_a_verdict_or_a_dead_letter(
     topic = names["SENTINEL_INPUT_TOPIC"]
     for i, (value, ts, _) in enumerate(POISON):
         p.produce(topic, _json(event_id=f"before-{i}"), b"/a", on_delivery=delivered)
-        kwargs = {"timestamp": ts} if ts is not None else {}
+        kwargs: dict[str, Any] = {"timestamp": ts} if ts is not None else {}
         p.produce(topic, value, f"/poison/{i}".encode(), on_delivery=delivered, **kwargs)
         assert p.flush(30) == 0
     p.produce(topic, _json(event_id="last"), b"/a", on_delivery=delivered)
@@ -129,7 +132,7 @@ def test_every_kind_of_poison_record_gets_a_verdict_or_a_dead_letter(
             proc.popen.kill()
             proc.popen.wait(30)
     assert len(verdicts) == expected_verdicts
-    got = Counter(dict(m.headers() or [])[DLQ_ERROR].decode() for m in dead)
+    got = Counter(cast(bytes, dict(m.headers() or [])[DLQ_ERROR]).decode() for m in dead)
     want = Counter(o for _, _, o in POISON if o != "verdict")
     assert got == want
     # Byte for byte (an empty value and a null one both read back as no bytes).

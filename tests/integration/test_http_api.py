@@ -237,7 +237,7 @@ def test_http_events_train_their_route(svc: Running) -> None:
                 {"latency": 80 + (i % 7), "input_length": 400 + i, "errors": 0, "route": route},
             )
             assert status == 200
-        return verdict["detector"] == "isolation_forest"
+        return bool(verdict["detector"] == "isolation_forest")
 
     wait_for(trained, 120, "the HTTP-only route to get a model")
     assert verdict["model_version"] >= 1 and verdict["warming_up"] is False

@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -63,16 +64,19 @@ def test_anomaly_gets_verdict_then_llm_explanation(
         got = read_all(
             bootstrap,
             svc.env["SENTINEL_OUTPUT_TOPIC"],
-            lambda ms: any(orjson.loads(m.value()).get("kind") == "explanation" for m in ms),
+            lambda ms: any(
+                orjson.loads(cast(bytes, m.value())).get("kind") == "explanation" for m in ms
+            ),
             180,
         )
-    values = [(m.offset(), orjson.loads(m.value())) for m in got]
+    values = [(m.offset(), orjson.loads(cast(bytes, m.value()))) for m in got]
     verdict = next(
         v for o, v in values if v.get("event_id") == "incident-1" and v["kind"] == "verdict"
     )
     assert verdict["is_anomaly"] and verdict["explanation"]["source"] == "rules"
     off_v = next(o for o, v in values if v is verdict)
     off_e, expl = next((o, v) for o, v in values if v["kind"] == "explanation")
+    assert off_e is not None and off_v is not None  # consumed records have offsets
     assert expl["event_id"] == "incident-1" and off_e > off_v
     text = expl["explanation"]["text"]
     assert expl["explanation"]["source"] == "llm" and expl["explanation"]["model"] == "smollm2"

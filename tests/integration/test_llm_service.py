@@ -6,6 +6,7 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -42,7 +43,7 @@ def test_verdicts_flow_and_http_keeps_its_budget(bootstrap: str, tmp_path: Path,
             ]
             produce(bootstrap, env["SENTINEL_INPUT_TOPIC"], records)
             got = read_all(bootstrap, env["SENTINEL_OUTPUT_TOPIC"], lambda m: len(m) >= n + 4, 60)
-            verdicts = [orjson.loads(m.value()) for m in got]
+            verdicts = [orjson.loads(cast(bytes, m.value())) for m in got]
             assert len({v["event_id"] for v in verdicts}) == n + 4
             anomalies = [v for v in verdicts if v["event_id"].startswith("a")]
             assert all(v["is_anomaly"] and v["explanation"]["source"] == "rules" for v in anomalies)
@@ -87,13 +88,16 @@ def test_explanation_record_follows_its_verdict(bootstrap: str, tmp_path: Path) 
             got = read_all(
                 bootstrap,
                 env["SENTINEL_OUTPUT_TOPIC"],
-                lambda ms: any(orjson.loads(m.value()).get("kind") == "explanation" for m in ms),
+                lambda ms: any(
+                    orjson.loads(cast(bytes, m.value())).get("kind") == "explanation" for m in ms
+                ),
                 60,
             )
-    records = [(m.offset(), m.key(), orjson.loads(m.value())) for m in got]
+    records = [(m.offset(), m.key(), orjson.loads(cast(bytes, m.value()))) for m in got]
     verdict = next(r for r in records if r[2]["event_id"] == "boom" and r[2]["kind"] == "verdict")
     expl = next(r for r in records if r[2]["kind"] == "explanation")
     assert expl[2]["event_id"] == "boom" and expl[1] == b"/e" == verdict[1]
+    assert expl[0] is not None and verdict[0] is not None  # consumed records have offsets
     assert expl[0] > verdict[0], "the explanation follows its verdict"
     assert expl[2]["explanation"]["source"] == "llm" and expl[2]["explanation"]["model"] == "smol"
     assert "\x07" not in expl[2]["explanation"]["text"]

@@ -66,7 +66,7 @@ def test_a_member_that_does_not_own_a_route_answers_from_its_owners_model(
         wait_for(lambda: ready(b, port_b), 120, "b ready")
         # One route on each partition: whichever member owns which, each asks the other
         # about one of them.
-        routes = {}
+        routes: dict[int, str] = {}
         i = 0
         while len(routes) < 2:
             route = f"/owned/{i}"

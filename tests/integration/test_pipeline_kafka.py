@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from typing import cast
 
 import jsonschema
 import orjson
@@ -71,7 +72,9 @@ def test_every_event_one_verdict_and_bad_records_to_dlq(bootstrap: str, topics: 
         Verdict.model_validate(v)
         jsonschema.validate(v, schema)
         assert v["route"].encode() == next(
-            m.key() for m in verdicts if orjson.loads(m.value())["event_id"] == v["event_id"]
+            m.key()
+            for m in verdicts
+            if orjson.loads(cast(bytes, m.value()))["event_id"] == v["event_id"]
         )
     assert Counter((m.key(), m.value()) for m in dead) == Counter(bad)
     codes: Counter[str] = Counter()
@@ -79,7 +82,7 @@ def test_every_event_one_verdict_and_bad_records_to_dlq(bootstrap: str, topics: 
         headers = dict(m.headers() or [])
         assert set(DEAD_LETTER_HEADERS) <= set(headers)
         assert headers["sentinel.source.topic"] == s.input_topic.encode()
-        codes[headers["sentinel.error"].decode()] += 1
+        codes[cast(bytes, headers["sentinel.error"]).decode()] += 1
     assert codes == {"invalid_json": 1, "invalid_utf8": 1, "schema": 5, "too_large": 1, "empty": 1}
 
 
@@ -188,6 +191,6 @@ def test_sigterm_mid_stream_then_restart_loses_and_repeats_nothing(
         if second.poll() is None:
             second.kill()
     assert second.returncode == 0, err2[-2000:]
-    ids = Counter(orjson.loads(m.value())["event_id"] for m in msgs)
+    ids = Counter(orjson.loads(cast(bytes, m.value()))["event_id"] for m in msgs)
     assert len(ids) == n and max(ids.values()) == 1
     assert '"shutdown_requested"' in err and '"pipeline_stopped"' in err

@@ -14,17 +14,20 @@ import threading
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import pytest
 from aiohttp import web
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+
+# confluent_kafka.admin re-exports NewTopic from cimpl without marking it public
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from sentinel_stream.app import SWITCH_INTERVAL_S
 from sentinel_stream.config import Settings
-from sentinel_stream.engine import Engine, Event
+from sentinel_stream.engine import Engine
+from sentinel_stream.engine.engine import _Batch
 from sentinel_stream.http.server import make_app
 from sentinel_stream.records import DLQ_DETAIL, DLQ_ERROR, DLQ_SOURCE_OFFSET, VerdictRecord
 from sentinel_stream.stream.kafka.clients import make_admin
@@ -39,10 +42,10 @@ pytestmark = pytest.mark.kafka
 class BrokenForOneRoute(Engine):
     """An engine with a bug that only events of ``/boom`` reach."""
 
-    def _score_group(self, route: str, idx: list[int], events: Sequence[Event], *rest):  # type: ignore[no-untyped-def,override]
+    def _score_group(self, route: str, idx: list[int], b: _Batch) -> None:
         if route == "/boom":
             raise ZeroDivisionError("a bug")
-        return super()._score_group(route, idx, events, *rest)
+        super()._score_group(route, idx, b)
 
 
 def test_a_record_that_fails_in_the_engine_goes_to_the_dlq_alone(
@@ -61,7 +64,7 @@ def test_a_record_that_fails_in_the_engine_goes_to_the_dlq_alone(
         metrics = run.pipeline.metrics
     assert {v["event_id"] for v in values(verdicts)} == {f"a{i}" for i in range(50)}
     assert [(m.key(), m.value()) for m in dead] == [boom]
-    headers = dict(dead[0].headers() or [])
+    headers = cast(dict[str, bytes], dict(dead[0].headers() or []))
     assert headers[DLQ_ERROR] == b"processing"
     assert b"ZeroDivisionError" in headers[DLQ_DETAIL] and headers[DLQ_SOURCE_OFFSET] == b"20"
     assert metrics.processing_failures._value.get() == 1
@@ -175,7 +178,7 @@ def test_metrics_and_health_never_fail_while_the_loop_churns_routes(
         def scrape(path: str) -> int:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-                    return r.status
+                    return cast(int, r.status)
             except urllib.error.HTTPError as exc:
                 return exc.code
 

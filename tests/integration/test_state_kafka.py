@@ -7,12 +7,14 @@ import signal
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+
+# confluent_kafka.admin re-exports NewTopic from cimpl without marking it public
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from sentinel_stream.detect.snapshot import MAGIC
 from tests.support.kafka import create_topics, event, produce, read_all, wait_for
@@ -86,12 +88,12 @@ def verdicts_of(bootstrap: str, env: dict[str, str], ids: set[str]) -> dict[str,
     msgs = read_all(
         bootstrap,
         env["SENTINEL_OUTPUT_TOPIC"],
-        lambda got: ids <= {orjson.loads(m.value()).get("event_id") for m in got},
+        lambda got: ids <= {orjson.loads(cast(bytes, m.value())).get("event_id") for m in got},
         120,
     )
     out = {}
     for m in msgs:
-        v = orjson.loads(m.value())
+        v = orjson.loads(cast(bytes, m.value()))
         if v.get("event_id") in ids:
             out[v["event_id"]] = v
     assert set(out) == ids, f"missing verdicts: {sorted(ids - set(out))[:5]}"

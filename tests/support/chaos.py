@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -179,7 +180,7 @@ class VerifiableConsumer:
                 for m in self._consumer.consume(1000, 0.2):
                     if m.error() is not None or m.value() is None:
                         continue
-                    record = orjson.loads(m.value())
+                    record = orjson.loads(cast(bytes, m.value()))
                     event_id = record.get("event_id")
                     if record.get("kind") == "verdict" and isinstance(event_id, str):
                         self.seen[event_id] += 1

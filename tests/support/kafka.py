@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+
+# confluent_kafka.admin re-exports NewTopic from cimpl without marking it public
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from sentinel_stream.stream.kafka.produce import produce_waiting
 

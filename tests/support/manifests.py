@@ -74,7 +74,7 @@ def validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
     _strict(schema)
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def errors(doc: dict[str, Any]) -> list[str]:

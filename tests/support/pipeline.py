@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any, cast
 
 import orjson
 from confluent_kafka import Message
@@ -14,8 +15,8 @@ from sentinel_stream.stream.kafka.topics import TopicLimits
 from sentinel_stream.stream.pipeline import Pipeline
 
 
-def settings_for(bootstrap: str, prefix: str, **kw: object) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+def settings_for(bootstrap: str, prefix: str, **kw: Any) -> Settings:
+    return Settings(
         kafka_bootstrap=bootstrap,
         group_id=f"{prefix}-group",
         input_topic=f"{prefix}.telemetry",
@@ -62,5 +63,5 @@ def service_topics(s: Settings) -> list[str]:
     return [s.input_topic, s.output_topic, s.dlq_topic, s.state_topic, s.members_topic]
 
 
-def values(msgs: list[Message]) -> list[dict[str, object]]:
-    return [orjson.loads(m.value()) for m in msgs]
+def values(msgs: list[Message]) -> list[dict[str, Any]]:
+    return [orjson.loads(cast(bytes, m.value())) for m in msgs]

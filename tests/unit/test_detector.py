@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -383,7 +384,7 @@ def test_rare_anomalies_are_flagged_and_explained() -> None:
         assert weights is not None and int(np.argmax(weights)) == 1
 
 
-def small_detector(**params: object) -> Detector:
+def small_detector(**params: Any) -> Detector:
     """Telemetry's detector with small forests (fast inline fits)."""
     base = DetectorParams(
         model_features=(0, 1),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_generator_labels_mean_what_they_say() -> None:
     import random
 
     profiles = {p.name: p for p in make_profiles(5, random.Random(9))}
-    by_kind: dict[str, list[dict[str, float]]] = defaultdict(list)
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     events = list(generate(40000, 5, anomaly_share=0.02, seed=9))
     for item in events:
         assert item.is_anomaly == (item.kind is not None)

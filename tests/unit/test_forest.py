@@ -4,6 +4,7 @@ training range as an independent walk of sklearn's own trees says it should."""
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from sklearn.ensemble import IsolationForest, _bagging, _iforest
 
@@ -271,7 +272,7 @@ def test_out_of_bag_path_lengths_are_the_complete_layouts() -> None:
 
 def test_the_fits_average_path_lengths_are_sklearns() -> None:
     rng = np.random.default_rng(5)
-    counts = [
+    counts: list[npt.ArrayLike] = [
         np.array([0, 1, 2, 3, 4, 255, 256, 1000]),
         rng.integers(0, 300, size=500),
         rng.integers(0, 3, size=(4, 7)),  # any shape comes back in its shape

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import orjson
@@ -117,7 +117,7 @@ def test_verdicts_from_the_engine_validate_against_the_published_schema(engine: 
 def test_verdict_schema_rejects_broken_verdicts(
     engine: Engine, path: tuple[str, ...], bad: object
 ) -> None:
-    v = copy.deepcopy(engine.process([make_event(0)])[0])
+    v = cast(dict[str, Any], copy.deepcopy(engine.process([make_event(0)])[0]))
     validator("verdict.schema.json").validate(v)
     target = v
     for key in path[:-1]:
@@ -133,7 +133,7 @@ def test_verdict_schema_requires_every_field(engine: Engine) -> None:
     for key in v:
         if key in ("kind", "schema_version"):
             continue  # defaults in the model, so not required by the schema
-        broken = {k: x for k, x in v.items() if k != key}
+        broken: dict[str, Any] = {k: x for k, x in v.items() if k != key}
         with pytest.raises(jsonschema.ValidationError):
             check.validate(broken)
 

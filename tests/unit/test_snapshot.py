@@ -10,6 +10,7 @@ import pytest
 from sentinel_stream.detect.snapshot import (
     MAGIC,
     VERSION,
+    Part,
     SnapshotError,
     decode,
     encode,
@@ -20,8 +21,9 @@ from tests.support.telemetry import engine, ev, normal, run
 
 
 def test_parts_round_trip() -> None:
-    parts = {
-        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    parts: dict[str, Part] = {
+        "a": a,
         "b": np.array([1, 2], dtype=np.uint16),
         "n": 7,
         "x": 0.25,
@@ -29,8 +31,10 @@ def test_parts_round_trip() -> None:
         "none": None,
     }
     back = decode(encode(parts))
-    assert back["a"].tolist() == parts["a"].tolist() and back["a"].dtype == np.float32  # type: ignore[union-attr]
-    assert back["b"].dtype == np.uint16  # type: ignore[union-attr]
+    back_a, back_b = back["a"], back["b"]
+    assert isinstance(back_a, np.ndarray) and isinstance(back_b, np.ndarray)
+    assert back_a.tolist() == a.tolist() and back_a.dtype == np.float32
+    assert back_b.dtype == np.uint16
     assert back["n"] == 7 and back["x"] == 0.25 and back["inf"] == float("-inf")
     assert back["none"] is None
 

@@ -3,6 +3,8 @@ distribution's, steadier than the plain empirical quantile, and falls back to it
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 from scipy.stats import genpareto
@@ -13,7 +15,7 @@ from sentinel_stream.detect.threshold import gpd_fit, gpd_isf, tail_threshold
 def bounded_scores(n: int, seed: int) -> np.ndarray:
     """Scores with a bounded, light upper tail, like isolation scores: 0.4 + GPD(-0.25)."""
     rng = np.random.default_rng(seed)
-    return 0.4 + genpareto.rvs(-0.25, scale=0.05, size=n, random_state=rng)
+    return cast(np.ndarray, 0.4 + genpareto.rvs(-0.25, scale=0.05, size=n, random_state=rng))
 
 
 def test_reads_the_true_quantile_and_varies_less_than_the_empirical_one() -> None:

@@ -6,8 +6,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sentinel_stream.detect.detector import DetectorName
 from sentinel_stream.engine.verdict import VerdictEncoder, build_verdict
 from sentinel_stream.explain import NORMAL_EXPLANATION
+from sentinel_stream.records import ExplanationBody
 
 texts = st.text(max_size=40)
 scores = st.floats(min_value=0.0, max_value=1.0)
@@ -54,7 +56,7 @@ def test_encoded_verdicts_equal_the_records_json(
     route: str,
     scored_at: str,
     threshold: float,
-    detector: str,
+    detector: DetectorName,
     model_version: int | None,
     window_size: int,
     topic: str,
@@ -62,7 +64,7 @@ def test_encoded_verdicts_equal_the_records_json(
     event_time: str,
     is_anomaly: bool,
     score: float,
-    explanation: dict,  # type: ignore[type-arg]
+    explanation: ExplanationBody,
     offsets: tuple[int, int] | None,
 ) -> None:
     source = None if offsets is None else (topic, *offsets)
@@ -74,17 +76,17 @@ def test_encoded_verdicts_equal_the_records_json(
         is_anomaly=is_anomaly,
         score=score,
         threshold=threshold,
-        detector=detector,  # type: ignore[arg-type]
+        detector=detector,
         model_version=model_version,
         window_size=window_size,
-        explanation=explanation,  # type: ignore[arg-type]
-        source=source,  # type: ignore[arg-type]
+        explanation=explanation,
+        source=source,
     )
     encoder = VerdictEncoder(
         route=route,
         scored_at=scored_at,
         threshold=threshold,
-        detector=detector,  # type: ignore[arg-type]
+        detector=detector,
         model_version=model_version,
         window_size=window_size,
         topic=topic,
@@ -95,6 +97,6 @@ def test_encoded_verdicts_equal_the_records_json(
         is_anomaly,
         score,
         orjson.dumps(explanation),
-        source,  # type: ignore[arg-type]
+        source,
     )
     assert got == orjson.dumps(record)
