@@ -9,6 +9,7 @@ it refuses is sent again without its value (see :mod:`sentinel_stream.stream.pub
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -139,9 +140,47 @@ def ensure_topics(admin: AdminClient, settings: Settings, timeout: float = 15.0)
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # another member created it first
             raise TopicsMissing(f"could not create topic {topic}: {err}") from None
+    wait_until_listed(admin, {t.topic: t.num_partitions for t in new}, timeout)
     if settings.state_topic not in missing:
         check_state_topic(admin, settings, partitions, timeout)
     return created
+
+
+def wait_until_listed(admin: AdminClient, topics: dict[str, int], timeout: float) -> None:
+    """Wait until the cluster's metadata lists each topic with its partitions (topic ->
+    count), every one with a leader.
+
+    A created topic is not at once in every broker's metadata: the controller has
+    accepted it, the brokers learn of it a moment later. A consumer that subscribes in
+    that moment is told the topic does not exist (``UNKNOWN_TOPIC_OR_PART``), which is
+    rightly fatal for a topic that is really missing, and stopped a freshly started
+    member on a loaded broker. Raises :class:`TopicsMissing` naming the topics still not
+    listed after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    pending = dict(topics)
+    while True:
+        try:
+            listed = admin.list_topics(timeout=max(0.5, deadline - time.monotonic())).topics
+        except KafkaException:
+            listed = {}
+        for name, count in list(pending.items()):
+            t = listed.get(name)
+            if (
+                t is not None
+                and t.error is None
+                and len(t.partitions) >= count
+                and all(p.error is None and p.leader >= 0 for p in t.partitions.values())
+            ):
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise TopicsMissing(
+                f"topics created, but not listed with a leader for every partition within "
+                f"{timeout:.0f} s: {', '.join(sorted(pending))}"
+            )
+        time.sleep(0.05)
 
 
 def check_state_topic(
