@@ -174,6 +174,12 @@ class Metrics:
             "state records skipped at restore (corrupt, or another schema version)",
             registry=r,
         )
+        self.state_partitions_unread = Counter(
+            "sentinel_state_partitions_unread",
+            "state partitions not restored at an assignment: the broker gave no offsets for "
+            "them within the wait (their routes warm up again)",
+            registry=r,
+        )
         self.state_restore_seconds = Histogram(
             "sentinel_state_restore_duration_seconds",
             "from an assignment to its partitions' state restored",

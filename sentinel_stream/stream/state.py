@@ -49,6 +49,11 @@ WRITES_PER_TURN = 64
 """Snapshots written per turn of the loop at most (models first): bounds the pause."""
 RESTORE_BATCH = 500
 """State records read per turn of the loop while restoring."""
+OFFSETS_WAIT_S = 10.0
+"""How long an assignment waits, in all, for its state partitions' offsets while the
+broker answers with an error (a partition whose leader is being elected, after a broker
+restart, answers ``NOT_LEADER_FOR_PARTITION`` for a moment); past it, a partition whose
+offsets cannot be read is not restored (counted, logged) and its routes warm up again."""
 
 
 @dataclass
@@ -228,14 +233,14 @@ class StateStore:
         self._pause(partitions)
         reader = self._reader_for()
         ends = {}
+        deadline = time.monotonic() + OFFSETS_WAIT_S
         for p in partitions:
-            tp = TopicPartition(self._topic, p)
             try:
-                low, high = reader.get_watermark_offsets(tp, timeout=10.0, cached=False)
+                low, high = self._offsets(reader, p, deadline)
             except KafkaException as exc:
                 # No state to read (the topic is gone or unreachable): the partition's
                 # routes warm up again rather than hold the partition up.
-                self._metrics.state_skipped.labels("unreadable").inc()
+                self._metrics.state_partitions_unread.inc()
                 log.warning("state_unreadable", partition=p, error=str(exc))
                 continue
             if low > 0:
@@ -259,6 +264,25 @@ class StateStore:
         reader.assign(assignment)
         empty = [p for p in partitions if p not in ends]
         self._finish(empty)
+
+    def _offsets(self, reader: Consumer, partition: int, deadline: float) -> tuple[int, int]:
+        """The state partition's (low, high) offsets, asked again while the broker answers
+        with an error, until ``deadline`` (:data:`OFFSETS_WAIT_S`): a moment without a
+        leader must not cost the partition its routes' models. Raises the last error."""
+        tp = TopicPartition(self._topic, partition)
+        pause = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                low, high = reader.get_watermark_offsets(
+                    tp, timeout=max(0.5, min(left, 5.0)), cached=False
+                )
+                return int(low), int(high)
+            except KafkaException:
+                if deadline - time.monotonic() <= pause:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     @property
     def restoring(self) -> frozenset[int]:
