@@ -37,6 +37,7 @@ from sentinel_stream.detect.detector import Changes
 from sentinel_stream.detect.snapshot import SnapshotError, restore_route, snapshot_route
 from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
+from sentinel_stream.stream.errors import Backoff
 from sentinel_stream.stream.kafka.clients import consumer_config
 from sentinel_stream.stream.kafka.produce import produce_waiting
 from sentinel_stream.stream.owners import partition_of
@@ -270,7 +271,7 @@ class StateStore:
         with an error, until ``deadline`` (:data:`OFFSETS_WAIT_S`): a moment without a
         leader must not cost the partition its routes' models. Raises the last error."""
         tp = TopicPartition(self._topic, partition)
-        pause = 0.1
+        backoff = Backoff(0.1, 1.0)
         while True:
             left = deadline - time.monotonic()
             try:
@@ -279,10 +280,10 @@ class StateStore:
                 )
                 return int(low), int(high)
             except KafkaException:
+                pause = backoff.failed()
                 if deadline - time.monotonic() <= pause:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, 1.0)
 
     @property
     def restoring(self) -> frozenset[int]:
