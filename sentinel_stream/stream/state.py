@@ -55,6 +55,8 @@ OFFSETS_WAIT_S = 10.0
 broker answers with an error (a partition whose leader is being elected, after a broker
 restart, answers ``NOT_LEADER_FOR_PARTITION`` for a moment); past it, a partition whose
 offsets cannot be read is not restored (counted, logged) and its routes warm up again."""
+OFFSETS_ASK_S = 5.0
+"""One ask's timeout within that wait (a broker that is down answers nothing)."""
 
 
 @dataclass
@@ -276,7 +278,7 @@ class StateStore:
             left = deadline - time.monotonic()
             try:
                 low, high = reader.get_watermark_offsets(
-                    tp, timeout=max(0.5, min(left, 5.0)), cached=False
+                    tp, timeout=max(0.5, min(left, OFFSETS_ASK_S)), cached=False
                 )
                 return int(low), int(high)
             except KafkaException:

@@ -1,6 +1,6 @@
-"""A state partition whose offsets the broker cannot give at once (no leader for a moment,
-as after a broker restart) is asked again, so its routes keep their models; one that
-never answers is given up after a bounded wait, and its partition is not held up."""
+"""A state partition whose offsets the broker cannot give at once (a broker restarting, a
+leader being elected) is asked again, so its routes keep their models; one that never
+answers is given up after a bounded wait, and its partition is not held up."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sentinel_stream.metrics import Metrics
 from sentinel_stream.stream import state as state_module
 from sentinel_stream.stream.state import StateStore
 from tests.support.kafka import create_topics, produce, wait_for
+from tests.support.kafka_broker import private_broker
 from tests.support.pipeline import settings_for
 from tests.support.telemetry import normal, run
 
@@ -39,47 +40,54 @@ def skipped(metrics: Metrics) -> float:
 
 
 def test_state_offsets_asked_again_until_the_partition_answers(
-    bootstrap: str, topic_prefix: str
+    topic_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A route with a model, as a member that owned it wrote it: what must come back.
-    trained = Engine(settings_for(bootstrap, topic_prefix))
-    run(trained, normal("/kept", 600))
-    trained.tick()
-    state = trained.detector.route_state("/kept")
-    assert state is not None and state.model is not None
-    snapshot = snapshot_route(trained.detector, "/kept")
-    assert snapshot is not None
-    version = state.model.version
+    # The broker restarts while the assignment asks: room for its start, however slow.
+    monkeypatch.setattr(state_module, "OFFSETS_WAIT_S", 120.0)
+    with private_broker() as kafka:
+        # A route with a model, as a member that owned it wrote it: what must come back.
+        trained = Engine(settings_for(kafka.bootstrap, topic_prefix))
+        run(trained, normal("/kept", 600))
+        trained.tick()
+        state = trained.detector.route_state("/kept")
+        assert state is not None and state.model is not None
+        snapshot = snapshot_route(trained.detector, "/kept")
+        assert snapshot is not None
+        version = state.model.version
+        topic = f"{topic_prefix}.state"
+        create_topics(kafka.bootstrap, [topic], partitions=1)
+        produce(kafka.bootstrap, topic, [(b"/kept", snapshot)])
 
-    store, engine, metrics, resumed, _ = store_for(bootstrap, topic_prefix)
-    topic = f"{topic_prefix}.state"
+        store, engine, metrics, resumed, _ = store_for(kafka.bootstrap, topic_prefix)
+        kafka.stop_node(1)  # the partition cannot answer until the broker is back
+        waited: list[float] = []
 
-    def appear() -> None:  # the partition answers 1.5 s after the assignment asks
-        time.sleep(1.5)
-        create_topics(bootstrap, [topic], partitions=1)
-        produce(bootstrap, topic, [(b"/kept", snapshot)])
+        def assign() -> None:
+            started = time.monotonic()
+            store.on_assign([0])
+            waited.append(time.monotonic() - started)
 
-    late = threading.Thread(target=appear)
-    late.start()
-    try:
-        started = time.monotonic()
-        store.on_assign([0])
-        waited = time.monotonic() - started
-    finally:
-        late.join()
-    assert skipped(metrics) == 0
-    assert waited >= 1.0, "the offsets were asked once only"
+        asking = threading.Thread(target=assign)
+        asking.start()
+        try:
+            # Down longer than one ask waits: a single ask would give the partition up.
+            time.sleep(state_module.OFFSETS_ASK_S + 2.0)
+            kafka.start_node(1)
+        finally:
+            asking.join()
+        assert skipped(metrics) == 0
+        assert waited[0] >= 1.0, "the offsets were asked once only"
 
-    def restored() -> bool:
-        store.restore_step()
-        return resumed == [[0]]
+        def restored() -> bool:
+            store.restore_step()
+            return resumed == [[0]]
 
-    wait_for(restored, 30, "the state partition to be read to its end and resumed")
-    got = engine.detector.route_state("/kept")
-    assert got is not None and got.model is not None and got.model.version == version
-    store.close()
-    trained.close()
-    engine.close()
+        wait_for(restored, 60, "the state partition to be read to its end and resumed")
+        got = engine.detector.route_state("/kept")
+        assert got is not None and got.model is not None and got.model.version == version
+        store.close()
+        trained.close()
+        engine.close()
 
 
 def test_a_state_partition_that_never_answers_is_given_up_after_the_wait(
