@@ -86,9 +86,9 @@ class Member:
     ``PIPELINE_THREAD``, so that a profile can pick it out)."""
 
     def __init__(self, settings: Any) -> None:
-        from sentinel_stream.app import limit_malloc_arenas
         from sentinel_stream.engine import Engine
         from sentinel_stream.metrics import Metrics
+        from sentinel_stream.process import limit_malloc_arenas
         from sentinel_stream.stream.pipeline import Pipeline
 
         limit_malloc_arenas()  # as the service runs (the arenas threads made before stay)
@@ -97,7 +97,7 @@ class Member:
         self._thread = threading.Thread(target=self.pipeline.run, name=PIPELINE_THREAD, daemon=True)
 
     def start(self) -> Member:
-        from sentinel_stream.app import settle_heap
+        from sentinel_stream.process import settle_heap
 
         settle_heap()  # as the service does before its loop starts
         self._thread.start()

@@ -12,7 +12,10 @@ bodies cycling over warmed routes.
   as in production (the Kafka loop learns them meanwhile), routes warmed until they have
   models;
 - ``no-forward``: the same with ``SENTINEL_HTTP_FORWARD=false``, its routes warmed through
-  Kafka: what forwarding costs the HTTP side.
+  Kafka: what forwarding costs the HTTP side;
+- ``http-process``: ``sentinel`` with ``SENTINEL_HTTP_PROCESS=true``: HTTP served from a
+  process of its own (answering from its replica of the state topic), events forwarded,
+  the Kafka loop learning them in the other process.
 
 With ``--owner``, the cost of asking the owner: two members of one group on a two-partition
 input topic, routes whose partition member ``a`` owns, warmed until both members answer
@@ -182,34 +185,56 @@ def wrk(
     }
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far of ``pid``'s threads, by kind: ``http`` (the main thread, where
-    the service's event loop serves HTTP), ``librdkafka`` (its ``rdk:`` threads) and
-    ``python`` (every other thread: the Kafka loop, and small helpers)."""
+def thread_cpu(pid: int, http_pid: int | None = None) -> dict[str, float]:
+    """CPU seconds so far of the server's threads, by kind: ``http`` (the main thread of
+    the process serving HTTP, where its event loop runs), ``librdkafka`` (``rdk:``
+    threads) and ``python`` (every other thread: the Kafka loop, and small helpers).
+    ``http_pid``: the HTTP process, when it is not ``pid`` (``SENTINEL_HTTP_PROCESS``);
+    both processes' threads are counted."""
     out = {"http": 0.0, "python": 0.0, "librdkafka": 0.0}
     hz = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / hz  # utime + stime
-        kind = "http" if int(tid) == pid else "librdkafka" if comm.startswith("rdk:") else "python"
-        out[kind] += seconds
+    server = http_pid or pid
+    for proc in {pid, server}:
+        for tid in os.listdir(f"/proc/{proc}/task"):
+            try:
+                stat = Path(f"/proc/{proc}/task/{tid}/stat").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seconds = (int(fields[11]) + int(fields[12])) / hz  # utime + stime
+            kind = (
+                "http"
+                if int(tid) == server
+                else "librdkafka"
+                if comm.startswith("rdk:")
+                else "python"
+            )
+            out[kind] += seconds
     return out
 
 
+def http_child(pid: int, timeout: float = 30.0) -> int:
+    """The HTTP process ``sentinel-stream run`` started (``SENTINEL_HTTP_PROCESS``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                return int(child)
+        time.sleep(0.1)
+    raise SystemExit("the HTTP process did not start")
+
+
 def wrk_measured(
-    pid: int, port: int, seconds: float, connections: int, tmp: Path
+    pid: int, port: int, seconds: float, connections: int, tmp: Path, http_pid: int | None = None
 ) -> dict[str, Any]:
     """:func:`wrk`, and the CPU the server's threads spent per request meanwhile (in
     microseconds, by kind: :func:`thread_cpu`): where a request's time goes, which a
     requests/s figure alone does not say (two threads of one interpreter share its lock)."""
-    before = thread_cpu(pid)
+    before = thread_cpu(pid, http_pid)
     row = wrk(port, seconds, connections, tmp)
-    after = thread_cpu(pid)
+    after = thread_cpu(pid, http_pid)
     requests = max(1.0, row["requests_per_s"] * seconds)
     row["cpu_us_per_request"] = {
         k: round((after[k] - before[k]) / requests * 1e6, 1) for k in before if after[k] > before[k]
@@ -262,7 +287,12 @@ def feed_kafka(bootstrap: str, topic: str, routes: list[str], per_route: int) ->
 
 
 def run_sentinel(
-    bootstrap: str, seconds: float, connections: int, tmp: Path, forward: bool = True
+    bootstrap: str,
+    seconds: float,
+    connections: int,
+    tmp: Path,
+    forward: bool = True,
+    http_process: bool = False,
 ) -> dict[str, Any]:
     """``sentinel-stream run`` under wrk; without ``forward``, its routes learn from
     events fed to Kafka directly and the HTTP events go nowhere but their answers (what
@@ -281,6 +311,7 @@ def run_sentinel(
         "SENTINEL_PORT": str(port),
         "SENTINEL_LOG_LEVEL": "warning",
         "SENTINEL_HTTP_FORWARD": "true" if forward else "false",
+        "SENTINEL_HTTP_PROCESS": "true" if http_process else "false",
     }
     log = (tmp / "sentinel.log").open("wb")
     proc = subprocess.Popen(
@@ -291,8 +322,9 @@ def run_sentinel(
         if not forward:
             feed_kafka(bootstrap, env["SENTINEL_INPUT_TOPIC"], ROUTES, 600)
         warm(port, ROUTES)
-        case = "sentinel" if forward else "no-forward"
-        return {"case": case, **wrk_measured(proc.pid, port, seconds, connections, tmp)}
+        case = "http-process" if http_process else "sentinel" if forward else "no-forward"
+        http_pid = http_child(proc.pid) if http_process else None
+        return {"case": case, **wrk_measured(proc.pid, port, seconds, connections, tmp, http_pid)}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -397,6 +429,9 @@ def main() -> int:
         def with_broker(bootstrap: str) -> None:
             rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp))
             rows.append(run_sentinel(bootstrap, args.seconds, args.connections, tmp, False))
+            rows.append(
+                run_sentinel(bootstrap, args.seconds, args.connections, tmp, http_process=True)
+            )
             if args.owner:
                 rows.extend(run_owner(bootstrap, args.seconds, args.connections, tmp))
 

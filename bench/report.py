@@ -119,6 +119,10 @@ def headline(res: dict[str, Any]) -> list[dict[str, str]]:
     for case, label in (
         ("sentinel", "each event forwarded to Kafka (the default)"),
         ("no-forward", "`SENTINEL_HTTP_FORWARD=false`"),
+        (
+            "http-process",
+            "HTTP in a process of its own (`SENTINEL_HTTP_PROCESS=true`), each event forwarded",
+        ),
     ):
         s = _http(res, case)
         if not s:
@@ -321,7 +325,7 @@ def profile_section(res: dict[str, Any]) -> list[str]:
             "",
             f"Garbage collections during the on-CPU run: {_n(g['collections'])}, "
             f"{g['seconds']:.3f} s in all (the service freezes start-up's heap and collects "
-            "the young generation every 10,000 net allocations: `sentinel_stream/app.py`, "
+            "the young generation every 10,000 net allocations: `sentinel_stream/process.py`, "
             "`settle_heap`).",
         ]
     return out
@@ -354,14 +358,19 @@ def http_section(res: dict[str, Any]) -> list[str]:
         "by the warmed routes' models, forwarding each event to Kafka, the Kafka loop "
         "learning them); `no-forward` is the same with `SENTINEL_HTTP_FORWARD=false` "
         "(routes warmed through Kafka): the difference is what forwarding costs on cores "
-        "shared with wrk and the broker; `v1` calls sklearn's `score_samples` per request.",
+        "shared with wrk and the broker; `http-process` is `sentinel` with "
+        "`SENTINEL_HTTP_PROCESS=true` (HTTP served from a process of its own, answering "
+        "from its replica of the state topic; the Kafka loop, in the other process, "
+        "learns the forwarded events); `v1` calls sklearn's `score_samples` per request.",
         "",
         "The CPU column is each server process's threads' CPU time during the run "
         "divided by the requests answered: the HTTP thread is the process's main thread "
         "(its event loop), the other Python threads are chiefly the Kafka loop (which, "
         "with forwarding, scores and learns every forwarded event), librdkafka's are its "
         "own. The HTTP thread and the Kafka loop share one interpreter lock: their sum "
-        "bounds the requests/s one process can serve.",
+        "bounds the requests/s one process can serve. For `http-process`, the HTTP thread "
+        "is the HTTP process's main thread, and the other Python threads are both "
+        "processes' others (the Kafka loop's in the first).",
     ]
     if other:
         out += [

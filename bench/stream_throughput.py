@@ -61,10 +61,10 @@ from bench.common import (
     settings_for,
     wait_until,
 )
-from sentinel_stream.app import settle_heap
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
+from sentinel_stream.process import settle_heap
 from sentinel_stream.stream.checkpoint import AtLeastOnce
 from sentinel_stream.stream.kafka.batching import next_batch
 from sentinel_stream.stream.kafka.clients import consumer_config, producer_config

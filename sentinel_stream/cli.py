@@ -36,6 +36,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sentinel_stream.app import run
+    from sentinel_stream.http_process import HttpProcessFailed
     from sentinel_stream.logs import configure_logging
     from sentinel_stream.stream.kafka.topics import BrokerUnreachable, TopicsMissing
 
@@ -46,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TopicsMissing, BrokerUnreachable) as exc:
         print(f"sentinel-stream: {exc}", file=sys.stderr)
         return 2
+    except HttpProcessFailed as exc:
+        print(f"sentinel-stream: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_demo_producer(args: argparse.Namespace) -> int:

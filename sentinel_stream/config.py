@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     http_forward: bool = Field(
         True, description="produce /analyze-flow events to the input topic, so they train models"
     )
+    http_process: bool = Field(
+        False,
+        description="serve HTTP from a process of its own, answering from a replica of the "
+        "state topic's models (the Kafka loop and the HTTP door then share no interpreter "
+        "lock)",
+    )
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="bootstrap servers, host:port,...")

@@ -204,6 +204,17 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.replica_records = Counter(
+            "sentinel_replica_records",
+            "state records the HTTP process's replica read (SENTINEL_HTTP_PROCESS), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.http_process_restarts = Counter(
+            "sentinel_http_process_restarts",
+            "HTTP processes started again after one exited (SENTINEL_HTTP_PROCESS)",
+            registry=r,
+        )
         # Labelled counters start at 0 for every known label value: Prometheus' increase()
         # and rate() read a series' first sample as its start, so a series born at 1
         # (the first dead letter of a kind) would show no increase and alert nobody.
@@ -218,6 +229,8 @@ class Metrics:
         for kind in ("forward", "explanation"):
             for side_outcome in ("delivered", "dropped", "failed"):
                 self.side_records.labels(kind, side_outcome)
+        for replica_outcome in ("applied", "dropped", "failed"):
+            self.replica_records.labels(replica_outcome)
         for state_kind in ("snapshot", "tombstone"):
             self.state_records.labels(state_kind)
         # -- the v1 service's names -------------------------------------------------------
@@ -236,14 +249,31 @@ class Metrics:
         )
         self._http_scored = 0
         self._http_flagged = 0
+        self._http_valid = self.events_valid.labels("http")
+        self._http_children: dict[tuple[str, int], Any] = {}
+        """(endpoint, status) -> its child of ``http_requests``: bounded by the server's
+        routes and the statuses it answers."""
         self.anomaly_rate = RecentShare(anomaly_rate_window_s, self._verdict_totals)
         r.register(_V1Gauges(self.anomaly_rate))
+
+    def count_request(self, endpoint: str, status: int, method: str, seconds: float | None) -> None:
+        """One HTTP request answered, under both names (``seconds``: the time of one to
+        ``/analyze-flow``). The labelled children are kept rather than looked up per
+        request: looking one up cost as much as the increment."""
+        child = self._http_children.get((endpoint, status))
+        if child is None:
+            child = self.http_requests.labels(endpoint, str(status))
+            self._http_children[(endpoint, status)] = child
+        child.inc()
+        self.v1_requests.inc(endpoint, method)
+        if seconds is not None:
+            self.request_duration.observe(seconds)
 
     def count_http_verdict(self, is_anomaly: bool, forwarded: bool) -> None:
         """One ``/analyze-flow`` verdict. A forwarded event gets its Kafka verdict later and
         is counted there, so only events that are not forwarded count toward the
         anomaly rate here (each event counts once)."""
-        self.events_valid.labels("http").inc()
+        self._http_valid.inc()
         if not forwarded:
             self._http_scored += 1
             self._http_flagged += is_anomaly

@@ -129,11 +129,12 @@ async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web
         log.exception("http_unexpected_error", endpoint=endpoint, error=type(exc).__name__)
         request.app[METRICS].http_unexpected_errors.inc()
         response = error_response(500, "internal", "the service failed on this request")
-    m = request.app[METRICS]
-    m.http_requests.labels(endpoint, str(response.status)).inc()
-    m.v1_requests.inc(endpoint, request.method)
-    if endpoint == "/analyze-flow":
-        m.request_duration.observe(time.perf_counter() - started)
+    request.app[METRICS].count_request(
+        endpoint,
+        response.status,
+        request.method,
+        time.perf_counter() - started if endpoint == "/analyze-flow" else None,
+    )
     return response
 
 
@@ -148,7 +149,11 @@ def make_app(
     owner: Owner | None = None,
     owner_timeout_s: float = 0.25,
     instance: str | None = None,
+    probes: dict[str, Handler] | None = None,
 ) -> web.Application:
+    """The public server. ``probes``: handlers of ``/health``, ``/ready`` and ``/metrics``
+    in place of this process's own (the HTTP process asks the loop's,
+    :mod:`.upstream`)."""
     # client_max_size a little above the API's limit so the handler answers 413 itself.
     app = web.Application(middlewares=[json_errors_and_metrics], client_max_size=body_max + 1024)
     app[ENGINE] = engine
@@ -174,8 +179,22 @@ def make_app(
         await analyze.close()
 
     app.on_cleanup.append(close_analyze)
+    handlers = {"/health": health, "/ready": ready, "/metrics": metrics, **(probes or {})}
+    for path, handler in handlers.items():
+        app.router.add_get(path, handler)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+def make_status_app(engine: Engine, status: LoopStatus, metrics_: Metrics) -> web.Application:
+    """``/health``, ``/ready`` and ``/metrics`` of the loop's process, for the HTTP process
+    to ask over a Unix socket (``SENTINEL_HTTP_PROCESS``). Not counted as requests: the
+    HTTP process counts the ones it answers."""
+    app = web.Application()
+    app[ENGINE] = engine
+    app[STATUS] = status
+    app[METRICS] = metrics_
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
     return app

@@ -24,11 +24,11 @@ from confluent_kafka import Producer
 # confluent_kafka.admin re-exports NewTopic from cimpl without marking it public
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from sentinel_stream.app import SWITCH_INTERVAL_S
 from sentinel_stream.config import Settings
 from sentinel_stream.engine import Engine
 from sentinel_stream.engine.engine import _Batch
 from sentinel_stream.http.server import make_app
+from sentinel_stream.process import SWITCH_INTERVAL_S
 from sentinel_stream.records import DLQ_DETAIL, DLQ_ERROR, DLQ_SOURCE_OFFSET, VerdictRecord
 from sentinel_stream.stream.kafka.clients import make_admin
 from sentinel_stream.stream.kafka.topics import HEADROOM, ensure_topics, read_limits

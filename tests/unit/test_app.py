@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from sentinel_stream.app import GC_YOUNG_THRESHOLD, MALLOC_ARENAS, settle_heap
+from sentinel_stream.process import GC_YOUNG_THRESHOLD, MALLOC_ARENAS, settle_heap
 
 
 def test_settle_heap_freezes_start_up_and_collects_the_young_less_often() -> None:
@@ -23,7 +23,7 @@ def test_settle_heap_freezes_start_up_and_collects_the_young_less_often() -> Non
 
 ARENAS_AFTER_THREADS = """
 import ctypes, sys, threading
-from sentinel_stream.app import MALLOC_ARENAS, limit_malloc_arenas
+from sentinel_stream.process import MALLOC_ARENAS, limit_malloc_arenas
 print(limit_malloc_arenas() if sys.argv[1] == "cap" else None, MALLOC_ARENAS)
 start = threading.Barrier(8)
 def work():
@@ -64,7 +64,7 @@ def test_an_operators_malloc_arena_max_wins() -> None:
 
 HOLES_IN_THE_HEAP = """
 import sys
-from sentinel_stream.app import trim_heap
+from sentinel_stream.process import trim_heap
 def rss_mib():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
 held = [bytes(bytearray(100_000)) for _ in range(2000)]  # ~200 MB on malloc's heap

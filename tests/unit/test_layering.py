@@ -40,9 +40,11 @@ LAYERS: dict[str, int] = {
     "sentinel_stream.http": 5,
     "sentinel_stream.tools": 5,
     # wiring and the command line
-    "sentinel_stream.app": 6,
-    "sentinel_stream.cli": 7,
-    "sentinel_stream.__main__": 8,
+    "sentinel_stream.process": 6,
+    "sentinel_stream.http_process": 7,
+    "sentinel_stream.app": 8,
+    "sentinel_stream.cli": 9,
+    "sentinel_stream.__main__": 10,
     "sentinel_stream": 0,
 }
 """Each part's floor. A module may import its own part and any part on a lower floor;
