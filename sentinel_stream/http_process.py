@@ -38,6 +38,7 @@ from sentinel_stream.http.upstream import Upstream, probes
 from sentinel_stream.logs import configure_logging
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.process import (
+    SWITCH_INTERVAL_S,
     TRIM_EVERY_S,
     libc,
     limit_malloc_arenas,
@@ -155,6 +156,9 @@ def main(settings: Settings, socket_path: str, parent: int, serving: EventType) 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format)
     limit_malloc_arenas()
+    # Its replica's thread installs the state records it reads: the event loop waits for
+    # one install at most, not for Python's 5 ms default.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     sys.exit(asyncio.run(_serve(settings, socket_path, parent, serving)))
 
 
