@@ -75,6 +75,8 @@ class Service:
         self.http_process: HttpProcess | None = None
         """With ``SENTINEL_HTTP_PROCESS``: the HTTP door's process."""
         self._socket_dir: str | None = None
+        self._signalled: signal.Signals | None = None
+        """A stop asked for before the pipeline was made (the HTTP process starting)."""
 
     def _make_pipeline(self, limits: TopicLimits) -> Pipeline:
         explainer = self.explainer
@@ -119,31 +121,36 @@ class Service:
         runner, url = await self._open_http(
             lambda route: owners.url_for(route) if owners is not None else None
         )
-        self.pipeline = pipeline = self._make_pipeline(limits)
-        # Advertise where this member answers and what it owns; learn the others'.
-        status = self.status
-        owners = RouteOwners(
-            s, s.instance_id, url, lambda: status.assigned, limits.input_partitions
-        )
-        owners.start()
-        log.info("service_started", http=url, **describe_settings(s))
-        settle_heap()
-        thread = threading.Thread(
-            target=self._run_pipeline, args=(pipeline,), name="pipeline", daemon=True
-        )
-        thread.start()
-        next_trim = time.monotonic() + TRIM_EVERY_S
+        thread: threading.Thread | None = None
+        # From here on every way out stops what was started (the HTTP process above all).
         try:
+            self.pipeline = pipeline = self._make_pipeline(limits)
+            # Advertise where this member answers and what it owns; learn the others'.
+            status = self.status
+            owners = RouteOwners(
+                s, s.instance_id, url, lambda: status.assigned, limits.input_partitions
+            )
+            owners.start()
+            log.info("service_started", http=url, **describe_settings(s))
+            settle_heap()
+            thread = threading.Thread(
+                target=self._run_pipeline, args=(pipeline,), name="pipeline", daemon=True
+            )
+            thread.start()
+            if self._signalled is not None:  # asked to stop while starting
+                self._on_signal(self._signalled)
+            next_trim = time.monotonic() + TRIM_EVERY_S
             while not self._done.is_set():
                 await asyncio.sleep(0.1)
                 self.side.poll()
-                if self.http_process is not None:
+                if self.http_process is not None and not pipeline.stopping:
                     self.http_process.watch()
                 if time.monotonic() >= next_trim:
                     trim_heap()
                     next_trim = time.monotonic() + TRIM_EVERY_S
         finally:
-            owners.close()
+            if owners is not None:
+                owners.close()
             if self.http_process is not None:
                 self.http_process.stop()
             await runner.cleanup()
@@ -153,7 +160,8 @@ class Service:
                 await self.explainer.close()
             self.side.close()
             self.engine.close()
-        thread.join(timeout=5)
+        if thread is not None:
+            thread.join(timeout=5)
         if self.error:
             return 1
         log.info("service_stopped")
@@ -200,7 +208,10 @@ class Service:
         return runner, advertised_url(s, runner.addresses)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self.pipeline is None or self.pipeline.stopping:
+        if self.pipeline is None:
+            self._signalled = sig  # acted on once the pipeline runs
+            return
+        if self.pipeline.stopping:
             return
         log.info("shutdown_requested", signal=sig.name)
         self.pipeline.stop()

@@ -346,6 +346,11 @@ class Settings(BaseSettings):
             object.__setattr__(self, "min_history", min(_D.min_history, self.history_max))
         elif self.min_history > self.history_max:
             raise ValueError("SENTINEL_MIN_HISTORY must not exceed SENTINEL_HISTORY_MAX")
+        if self.http_process and self.port == 0:
+            raise ValueError(
+                "SENTINEL_PORT must be a fixed port with SENTINEL_HTTP_PROCESS=true (the "
+                "HTTP process listens on it, and the member advertises it)"
+            )
         return self
 
     @property

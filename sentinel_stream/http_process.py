@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 
@@ -53,8 +54,11 @@ from sentinel_stream.stream.side_producer import SideProducer
 
 log = structlog.get_logger("sentinel_stream.http_process")
 
-STOP_TIMEOUT_S = 10.0
-"""How long the loop's process waits for the HTTP process to stop before killing it."""
+FLUSH_S = 5.0
+"""How long the HTTP process, stopping, waits for its forwarded events' acknowledgements."""
+STOP_TIMEOUT_S = 15.0
+"""How long the loop's process waits for the HTTP process to stop before killing it:
+above the HTTP process's own bounds (its flush, its replica's close)."""
 START_TIMEOUT_S = 60.0
 """How long the member waits at start for the HTTP process to listen."""
 STEADY_S = 30.0
@@ -69,11 +73,17 @@ class HttpProcessFailed(RuntimeError):
 class HttpProcess:
     """The loop's process's handle on the HTTP process: start, watch, stop."""
 
-    def __init__(self, settings: Settings, socket_path: str, on_restart: object = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        socket_path: str,
+        on_restart: Callable[[], object] | None = None,
+    ) -> None:
         self._settings = settings
         self._socket_path = socket_path
         self._ctx = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
+        self._serving: EventType | None = None
         self._started = 0.0
         self._backoff = Backoff(0.5, 10.0)
         self._on_restart = on_restart
@@ -89,6 +99,9 @@ class HttpProcess:
             target=main,
             args=(self._settings, self._socket_path, os.getpid(), self._serving),
             name="sentinel-http",
+            # Daemonic: if this process leaves by an unexpected path, multiprocessing
+            # terminates the HTTP process at exit rather than waiting for it forever.
+            daemon=True,
         )
         self._proc.start()
         self._started = time.monotonic()
@@ -99,9 +112,9 @@ class HttpProcess:
         exits first or takes longer than ``timeout`` (the port is taken, say: the member
         stops, as it would if it could not listen itself)."""
         deadline = time.monotonic() + timeout
-        proc = self._proc
-        assert proc is not None
-        while not self._serving.is_set():
+        proc, serving = self._proc, self._serving
+        assert proc is not None and serving is not None
+        while not serving.is_set():
             if proc.exitcode is not None:
                 raise HttpProcessFailed(
                     f"the HTTP process exited with {proc.exitcode} before it listened on "
@@ -124,14 +137,15 @@ class HttpProcess:
             return True
         if self._backoff.ready():
             log.error("http_process_exited", pid=proc.pid, exit_code=proc.exitcode)
-            proc.close()
             self._backoff.failed()
-            if callable(self._on_restart):
+            if self._on_restart is not None:
                 self._on_restart()
             self.start()
         return False
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop the HTTP process (SIGTERM: it closes its producer, bounded by
+        :data:`FLUSH_S`), killing it if it has not exited within ``timeout``."""
         self._stopping = True
         proc = self._proc
         if proc is None or proc.exitcode is not None:
@@ -218,7 +232,7 @@ async def _serve(settings: Settings, socket_path: str, parent: int, serving: Eve
         if explainer is not None:
             await explainer.close()
         replica.close()
-        side.close()
+        side.close(FLUSH_S)
         engine.close()
     log.info("http_process_stopped")
     return 0

@@ -115,6 +115,7 @@ def merge_expositions(loop_text: str, http_text: str) -> str:
     A family in one only is kept as it is. A family in both: counters, histograms and
     summaries are summed sample by sample (same name and labels), their ``_created``
     being the earlier; gauges are the loop's process's, but for :data:`SUMMED_GAUGES`.
+    A label set only one process has is kept, whichever it is.
     """
     loop = {f.name: f for f in text_string_to_metric_families(loop_text)}
     merged: dict[str, Metric] = dict(loop)
@@ -122,12 +123,20 @@ def merge_expositions(loop_text: str, http_text: str) -> str:
         mine = loop.get(family.name)
         if mine is None:
             merged[family.name] = family
-        elif family.type != "gauge" or family.name in SUMMED_GAUGES:
+        elif family.type != "gauge" or family.name in SUMMED_GAUGES or _created(family):
             merged[family.name] = _summed(mine, family)
     return generate_latest(_Families(merged.values())).decode()
 
 
+def _created(family: Metric) -> bool:
+    """A counter's or histogram's creation times, which the text format carries as a
+    gauge family of their own (``X_created``): merged as the earlier of the two."""
+    return family.name.endswith("_created")
+
+
 def _summed(a: Metric, b: Metric) -> Metric:
+    """Both families' samples, those of the same name and labels added (``_created``
+    ones: the earlier kept); a label set in one of them only is kept as it is."""
     out = Metric(a.name, a.documentation, a.type, a.unit)
     values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for s in [*a.samples, *b.samples]:

@@ -71,27 +71,35 @@ class StateReplica:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        consumer = Consumer(
-            consumer_config(
-                self._settings,
-                **{
-                    "group.id": f"{self._settings.group_id}-replica-{uuid.uuid4().hex[:8]}",
-                    "statistics.interval.ms": "0",
-                },
+        """Follow the topic; after an error, pause and read it again from the beginning
+        (installing a record twice changes nothing): the replica never stops for good
+        while the door serves."""
+        backoff = Backoff(1.0, 30.0)
+        while not self._stop.is_set():
+            consumer = Consumer(
+                consumer_config(
+                    self._settings,
+                    **{
+                        "group.id": f"{self._settings.group_id}-replica-{uuid.uuid4().hex[:8]}",
+                        "statistics.interval.ms": "0",
+                    },
+                )
             )
-        )
-        try:
-            self._follow(consumer)
-        except Exception:  # never die silently: the door answers from rules meanwhile
-            log.exception("replica_failed")
-        finally:
             try:
-                consumer.close()
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("replica_close_failed", error=str(exc))
+                self._follow(consumer)
+            except Exception:
+                pause = backoff.failed()
+                log.exception("replica_failed", retry_in_s=pause)
+                self._stop.wait(pause)
+            finally:
+                try:
+                    consumer.close()
+                except (KafkaException, RuntimeError) as exc:
+                    log.warning("replica_close_failed", error=str(exc))
 
     def _follow(self, consumer: Consumer) -> None:
         assigned: set[int] = set()
+        self._ends = {}
         recheck = 0.0
         backoff = Backoff(0.2, 5.0)
         while not self._stop.is_set():
@@ -121,10 +129,12 @@ class StateReplica:
         if not new:
             return set()
         for p in new:
-            _, high = consumer.get_watermark_offsets(
+            low, high = consumer.get_watermark_offsets(
                 TopicPartition(self._topic, p), timeout=5.0, cached=False
             )
-            self._ends[p] = int(high)
+            # Nothing to read (never written, or emptied by retention: low == high > 0)
+            # counts as read to its end.
+            self._ends[p] = int(high) if high > low else 0
         consumer.incremental_assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in new])
         log.info("replica_following", topic=self._topic, partitions=new)
         return set(new)

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from sentinel_stream.http.upstream import NOT_ANSWERING
@@ -24,6 +25,7 @@ from tests.support.kafka import event, produce, read_all, wait_for
 from tests.support.service import (
     Running,
     analyze,
+    free_port,
     get_json,
     http_get,
     running_service,
@@ -82,7 +84,7 @@ def member(bootstrap: str, tmp_path: Path) -> Iterator[Running]:
 
 def train(bootstrap: str, running: Running, first: int = 0, n: int = 200) -> set[int]:
     """Events ``first`` to ``first + n`` of ROUTE through Kafka; once the loop published
-    their verdicts, the model versions every verdict so far named."""
+    the verdicts of them all, the model versions every verdict read named."""
     env = running.env
     produce(
         bootstrap,
@@ -92,7 +94,12 @@ def train(bootstrap: str, running: Running, first: int = 0, n: int = 200) -> set
             for j in range(first, first + n)
         ],
     )
-    verdicts = read_all(bootstrap, env["SENTINEL_OUTPUT_TOPIC"], lambda m: len(m) >= first + n, 120)
+    ids = {f"k-{j}" for j in range(first, first + n)}
+
+    def all_in(msgs: list[Message]) -> bool:
+        return ids <= {orjson.loads(m.value() or b"{}")["event_id"] for m in msgs}
+
+    verdicts = read_all(bootstrap, env["SENTINEL_OUTPUT_TOPIC"], all_in, 120)
     return {
         v["model_version"]
         for v in (orjson.loads(m.value() or b"{}") for m in verdicts)
@@ -222,3 +229,29 @@ def test_a_member_whose_http_process_cannot_listen_exits_saying_so(
                 proc.popen.wait(10)
     assert code == 1
     assert "the HTTP process exited with 1 before it listened on 127.0.0.1:" in proc.stderr()
+
+
+def test_sigterm_while_the_http_process_starts_stops_the_member(
+    bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The member waits for its HTTP process to listen before it runs its loop: a stop
+    asked meanwhile is kept and carried out, not lost."""
+    env = service_env(
+        bootstrap,
+        topic_prefix,
+        free_port(),
+        SENTINEL_CREATE_TOPICS="true",
+        SENTINEL_TOPIC_PARTITIONS="1",
+        SENTINEL_HTTP_PROCESS="true",
+    )
+    proc = start(env, tmp_path, "early")
+    try:
+        wait_for(lambda: "http_process_started" in proc.stderr(), 60, "the HTTP process started")
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(60) == 0, proc.stderr()[-3000:]
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait(10)
+    assert "http_process_serving" in proc.stderr()
+    assert "service_stopped" in proc.stderr()

@@ -119,6 +119,13 @@ def test_min_history_above_history_max_is_refused(monkeypatch: pytest.MonkeyPatc
     assert "SENTINEL_MIN_HISTORY" in msg and "SENTINEL_HISTORY_MAX" in msg
 
 
+def test_the_http_process_needs_a_fixed_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    msg = config_error(monkeypatch, SENTINEL_HTTP_PROCESS="true", SENTINEL_PORT="0")
+    assert "SENTINEL_PORT" in msg and "SENTINEL_HTTP_PROCESS" in msg
+    monkeypatch.setenv("SENTINEL_HTTP_PROCESS", "false")
+    assert load_settings().port == 0
+
+
 def test_overrides_are_validated_like_the_environment() -> None:
     with pytest.raises(ConfigError, match="SENTINEL_PORT"):
         load_settings(port=-1)

@@ -77,3 +77,29 @@ def test_the_services_own_metrics_merge_into_one_family_each() -> None:
         merged[("sentinel_http_requests_total", (("endpoint", "/analyze-flow"), ("status", "200")))]
         == 2
     )
+
+
+def test_creation_times_are_the_earlier_and_no_label_set_is_lost() -> None:
+    """The HTTP process's registry made first, and a label set only it has."""
+    http_reg, loop_reg = CollectorRegistry(), CollectorRegistry()
+    http_c = Counter("sentinel_things", "things", ["kind"], registry=http_reg)
+    http_c.labels("both").inc(1)
+    http_c.labels("http_only").inc(2)
+    http_h = Histogram("sentinel_took_seconds", "took", ["s"], buckets=(1.0,), registry=http_reg)
+    http_h.labels("b").observe(0.5)
+    loop_c = Counter("sentinel_things", "things", ["kind"], registry=loop_reg)
+    loop_c.labels("both").inc(3)
+    loop_h = Histogram("sentinel_took_seconds", "took", ["s"], buckets=(1.0,), registry=loop_reg)
+    loop_h.labels("a").observe(0.5)
+    http_text, loop_text = generate_latest(http_reg).decode(), generate_latest(loop_reg).decode()
+    http_v, loop_v = values(http_text), values(loop_text)
+    merged = values(merge_expositions(loop_text, http_text))
+    both, only = (("kind", "both"),), (("kind", "http_only"),)
+    assert http_v[("sentinel_things_created", both)] < loop_v[("sentinel_things_created", both)]
+    assert merged[("sentinel_things_created", both)] == http_v[("sentinel_things_created", both)]
+    assert merged[("sentinel_things_total", both)] == 4
+    assert merged[("sentinel_things_total", only)] == 2
+    assert merged[("sentinel_things_created", only)] == http_v[("sentinel_things_created", only)]
+    assert merged[("sentinel_took_seconds_count", (("s", "a"),))] == 1
+    assert merged[("sentinel_took_seconds_count", (("s", "b"),))] == 1
+    assert (("sentinel_took_seconds_created", (("s", "b"),))) in merged
