@@ -21,7 +21,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from typing import Any
 
 import structlog
@@ -36,11 +35,10 @@ from sentinel_stream.http_process import HttpProcess, HttpProcessFailed
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.process import (
     SWITCH_INTERVAL_S,
-    TRIM_EVERY_S,
+    Upkeep,
     limit_malloc_arenas,
     make_explainer,
     settle_heap,
-    trim_heap,
 )
 from sentinel_stream.status import LoopStatus
 from sentinel_stream.stream.kafka.clients import make_admin
@@ -139,15 +137,12 @@ class Service:
             thread.start()
             if self._signalled is not None:  # asked to stop while starting
                 self._on_signal(self._signalled)
-            next_trim = time.monotonic() + TRIM_EVERY_S
+            upkeep = Upkeep(self.side)
             while not self._done.is_set():
                 await asyncio.sleep(0.1)
-                self.side.poll()
+                upkeep.tick()
                 if self.http_process is not None and not pipeline.stopping:
                     self.http_process.watch()
-                if time.monotonic() >= next_trim:
-                    trim_heap()
-                    next_trim = time.monotonic() + TRIM_EVERY_S
         finally:
             if owners is not None:
                 owners.close()

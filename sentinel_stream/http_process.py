@@ -40,12 +40,11 @@ from sentinel_stream.logs import configure_logging
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.process import (
     SWITCH_INTERVAL_S,
-    TRIM_EVERY_S,
+    Upkeep,
     libc,
     limit_malloc_arenas,
     make_explainer,
     settle_heap,
-    trim_heap,
 )
 from sentinel_stream.status import LoopStatus
 from sentinel_stream.stream.errors import Backoff
@@ -218,14 +217,11 @@ async def _serve(settings: Settings, socket_path: str, parent: int, serving: Eve
         serving.set()
         log.info("http_process_serving", host=s.host, port=s.port)
         settle_heap()
-        next_trim = time.monotonic() + TRIM_EVERY_S
+        upkeep = Upkeep(side)
         while not stop.is_set() and os.getppid() == parent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
-            side.poll()
-            if time.monotonic() >= next_trim:
-                trim_heap()
-                next_trim = time.monotonic() + TRIM_EVERY_S
+            upkeep.tick()
     finally:
         await runner.cleanup()
         await upstream.close()

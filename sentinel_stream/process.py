@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import time
 from typing import Any
 
 import orjson
@@ -19,6 +20,22 @@ from sentinel_stream.config import Settings
 from sentinel_stream.explain.llm import Breaker, ChatBackend, Explainer
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.stream.side_producer import SideProducer
+
+
+class Upkeep:
+    """What each process's event loop does between requests, ten times a second: serve
+    its side producer's delivery reports, and give the heap's free pages back every
+    :data:`TRIM_EVERY_S`."""
+
+    def __init__(self, side: SideProducer) -> None:
+        self._side = side
+        self._next_trim = time.monotonic() + TRIM_EVERY_S
+
+    def tick(self) -> None:
+        self._side.poll()
+        if time.monotonic() >= self._next_trim:
+            trim_heap()
+            self._next_trim = time.monotonic() + TRIM_EVERY_S
 
 
 def make_explainer(s: Settings, side: SideProducer, metrics: Metrics) -> Explainer:
@@ -96,7 +113,8 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 
 def libc(name: str) -> Any:
-    """The C library's function ``name`` (glibc's malloc tuning), or None off glibc."""
+    """The C library's function ``name`` (glibc's malloc tuning, ``prctl``), or None off
+    glibc."""
     try:
         return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):

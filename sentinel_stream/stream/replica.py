@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
@@ -30,7 +29,7 @@ from sentinel_stream.detect.snapshot import SnapshotError, restore_route
 from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.stream.errors import Backoff
-from sentinel_stream.stream.kafka.clients import consumer_config
+from sentinel_stream.stream.kafka.clients import reader_config
 
 log = structlog.get_logger("sentinel_stream.replica")
 
@@ -59,9 +58,6 @@ class StateReplica:
         """Every partition read up to where it ended when the replica started."""
         return self._caught_up.is_set()
 
-    def wait_caught_up(self, timeout: float) -> bool:
-        return self._caught_up.wait(timeout)
-
     def start(self) -> None:
         self._thread.start()
 
@@ -76,15 +72,7 @@ class StateReplica:
         while the door serves."""
         backoff = Backoff(1.0, 30.0)
         while not self._stop.is_set():
-            consumer = Consumer(
-                consumer_config(
-                    self._settings,
-                    **{
-                        "group.id": f"{self._settings.group_id}-replica-{uuid.uuid4().hex[:8]}",
-                        "statistics.interval.ms": "0",
-                    },
-                )
-            )
+            consumer = Consumer(reader_config(self._settings, "replica"))
             try:
                 self._follow(consumer)
             except Exception:

@@ -25,7 +25,6 @@ leave are checkpointed first and their routes dropped from memory.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -38,7 +37,7 @@ from sentinel_stream.detect.snapshot import SnapshotError, restore_route, snapsh
 from sentinel_stream.engine import Engine
 from sentinel_stream.metrics import Metrics
 from sentinel_stream.stream.errors import Backoff
-from sentinel_stream.stream.kafka.clients import consumer_config
+from sentinel_stream.stream.kafka.clients import reader_config
 from sentinel_stream.stream.kafka.produce import produce_waiting
 from sentinel_stream.stream.owners import partition_of
 
@@ -355,15 +354,7 @@ class StateStore:
 
     def _reader_for(self) -> Consumer:
         if self._reader is None:
-            conf = consumer_config(
-                self._settings,
-                **{
-                    "group.id": f"{self._settings.group_id}-state-reader-{uuid.uuid4().hex[:8]}",
-                    "enable.partition.eof": "false",
-                    "statistics.interval.ms": "0",
-                },
-            )
-            self._reader = Consumer(conf)
+            self._reader = Consumer(reader_config(self._settings, "state-reader"))
         return self._reader
 
     def close(self) -> None:

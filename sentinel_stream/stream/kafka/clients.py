@@ -7,6 +7,7 @@ pipeline, never automatically, and the producer is idempotent with ``acks=all``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,6 +42,19 @@ def consumer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     conf.update(_CONSUMER_FIXED)
     conf["logger"] = kafka_logger()
     return conf
+
+
+def reader_config(settings: Settings, role: str) -> dict[str, Any]:
+    """A consumer that assigns itself partitions and commits nothing (the state topic's
+    readers): a group id of its own, ``<group>-<role>-<random>``, so it never touches the
+    loop's group, and no statistics (no probe reads them)."""
+    return consumer_config(
+        settings,
+        **{
+            "group.id": f"{settings.group_id}-{role}-{uuid.uuid4().hex[:8]}",
+            "statistics.interval.ms": "0",
+        },
+    )
 
 
 def producer_config(
