@@ -375,6 +375,12 @@ class _DetectorCollector(Collector):
             value=st.models_dropped,
         )
         yield CounterMetricFamily(
+            "sentinel_models_distrusted",
+            "models that disagreed with most of their route's traffic (flagged by the model "
+            "alone): the route was scored as warming up until its next model",
+            value=st.models_distrusted,
+        )
+        yield CounterMetricFamily(
             "sentinel_refits", "models fitted and installed", value=st.models_installed
         )
         yield CounterMetricFamily(

@@ -28,6 +28,22 @@ The policy, in the order a batch meets it:
    trouble, whose first model was fit on the trouble and now flags all the normal
    traffic that follows, accepts it after a few times as many events as that model was
    fit on, and is refit on it as soon as it has as many new rows as a first fit needs.
+   **A young model that disagrees with most of the traffic is not trusted.** Traffic
+   a model flags and the rules do not is either an anomaly or a regime the model has
+   not met (on vowels in file order, each new speaker; on a route that began in
+   trouble, the normal traffic after it). A mature route (its model fit on a window or
+   more) keeps the patience above: a burst of attacks as long as a window is not
+   learnt. A young one, whose model was fit on less than a window, has learnt too
+   little to hold against most of its traffic: when more than half of its last
+   ``drift_min`` or so rows were flagged by the model alone, the route is scored as
+   before its first model (the rules, and the rows they do not flag graded by their
+   neighbours among the route's rows), every row the rules do not flag teaches, and it
+   is refit after ``min_history`` rows. That fit, and those after it, weigh the rows
+   since the shift as much as everything before them (those rows repeated, at most
+   ``SHIFT_WEIGHT_MAX`` times in all) until they are half of the rows a fit is given:
+   fit on a hundred new rows beside several hundred old, a forest scores the new
+   regime as the unusual part of its world for another window. Counted in
+   ``sentinel_models_distrusted_total``.
 4. **Long memory.** Beside the recent window, a uniform sample of every admitted row
    that has left it (a reservoir, ``long_memory`` rows); models are fit on both, so
    what normal looked like before a long burst or a slow drift is not forgotten.
@@ -115,9 +131,13 @@ from sentinel_stream.detect.threshold import TAIL, tail_threshold, threshold_tai
 from sentinel_stream.detect.window import FIRST_ROWS, Reservoir, Window
 
 Rows = npt.NDArray[np.float32]
+Flags = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 DetectorName = Literal["isolation_forest", "rules"]
 
+SHIFT_WEIGHT_MAX = 8
+"""At most this many copies of the rows since a shift in a fit (point 3): a shift of 128
+rows beside 1,000 older ones is weighed 8 to 9."""
 DRIFT_PER_LEARNT = 5
 """A route's patience with traffic it flags is this many times the rows it has learnt (as
 a mature route's default ``drift_events`` is five windows)."""
@@ -183,6 +203,15 @@ class RouteState:
     admitted_since_fit: int = 0
     admitted_since_baseline: int = 0
     flag_rate: float = 0.0
+    disagreement: float = 0.0
+    """The share of its traffic the model alone flagged (not the rules), a moving
+    average over about ``drift_min`` rows (point 3)."""
+    distrusted: bool = False
+    """The model disagreed with most of the traffic: the route is scored as before its
+    first model until the next one is installed."""
+    shift_rows: int | None = None
+    """Rows admitted since the model was last distrusted, weighed in fits as much as the
+    rest (point 3); None: no shift is being weighed."""
     versions: int = 0
     last_fit_request: float = float("-inf")
     fit_failures: int = 0
@@ -285,6 +314,8 @@ class DetectorStats:
     """Routes evicted by either bound (``max_routes``, ``max_bytes``: see the table's
     stats for which)."""
     models_dropped: int = 0
+    models_distrusted: int = 0
+    """Models that disagreed with most of their route's traffic (point 3)."""
     models_installed: int = 0
     fits_discarded: int = 0
     fits_failed: int = 0
@@ -471,7 +502,7 @@ class Detector:
                     self.changes.refused.add(route)
         else:
             state = found
-        model = state.model
+        model = state.model if not state.distrusted else None
         if state.rule_reference is None:
             self._set_rule_reference(state)
         assert state.rule_reference is not None and state.rule_scale is not None
@@ -487,6 +518,7 @@ class Detector:
                 self.params.learn_margin, model.tail_score,
             )  # fmt: skip
             scores, threshold = j.scores, model.threshold
+            fired = None
             if model.grader is not None:
                 # Point 8: the forest's score and the neighbour grade together, against
                 # the threshold read from both; what the rules flag stays flagged.
@@ -531,8 +563,36 @@ class Detector:
                 state.tail_hits += j.n_tail
                 state.scored_since_fit += n
                 self._calibrate(route, state, scores, n_flagged)
+                self._weigh_disagreement(state, model, j, fired)
             self._learn(route, state, rows, j)
         return scored
+
+    def _weigh_disagreement(
+        self, state: RouteState, model: RouteModel, j: Judged, fired: Flags | None
+    ) -> None:
+        """Average the share of the batch only a young model flagged (not the rules);
+        past a half, distrust the model (the module doc, point 3). On traffic the model
+        agrees with (no flag, and nothing to decay) and on a mature route it costs
+        nothing."""
+        if model.trained_on >= self.params.history_max:
+            return
+        n = len(j.scores)
+        if j.n_flagged:
+            if fired is None:
+                fired = self.rules.fires(j.deviations)
+            alone = int(np.count_nonzero(j.flags & ~fired))
+        elif state.disagreement == 0.0:
+            return
+        else:
+            alone = 0
+        keep = (1.0 - 1.0 / self._drift_min) ** n
+        state.disagreement = state.disagreement * keep + (1.0 - keep) * alone / n
+        if state.disagreement > 0.5:
+            state.distrusted = True
+            state.disagreement = 0.0
+            state.shift_rows = 0
+            state.admitted_since_fit = 0  # refit after min_history rows of the new traffic
+            self.stats.models_distrusted += 1
 
     def _calibrate(self, route: str, state: RouteState, scores: F64, flagged: int) -> None:
         """Keep the live scores and the share flagged; while that share is below the
@@ -573,7 +633,7 @@ class Detector:
         if it has one, and the rules kept on as a floor under it (the obvious is flagged
         whatever the forest says), see :mod:`.kernels`."""
         assert state.rule_reference is not None and state.rule_scale is not None
-        model = state.model
+        model = state.model if not state.distrusted else None
         return score_route(
             rows,
             state.rule_reference,
@@ -621,6 +681,8 @@ class Detector:
         if state.memory is not None and len(evicted):
             state.memory.extend(evicted)
         k = len(admitted)
+        if state.shift_rows is not None:
+            state.shift_rows += k
         self.stats.rows_admitted += k
         state.admitted_since_fit += k
         state.admitted_since_baseline += k
@@ -684,7 +746,7 @@ class Detector:
         p = self.params
         if state.fit_failures:
             return int(p.refit_every << min(state.fit_failures - 1, 3))
-        if state.flag_rate > 0.5:
+        if state.flag_rate > 0.5 or state.distrusted:
             # A model that disagrees with most of the traffic it sees (a shift being
             # accepted, point 3) is replaced as soon as a first fit would be.
             return p.min_history
@@ -737,6 +799,7 @@ class Detector:
                 # The recent window and a sample of what came before it: older normal
                 # behaviour is not forgotten.
                 rows = np.concatenate((rows, state.memory.snapshot()))
+            rows, weighted, copies = self._weigh_shift(state, rows)
             return FitRequest(
                 route=route,
                 token=version,
@@ -748,9 +811,32 @@ class Detector:
                 seed=seed,
                 one_sided=self._one_sided,
                 graded=self._graded,
+                weighted=weighted,
+                copies=copies,
             )
 
         return make
+
+    @staticmethod
+    def _weigh_shift(state: RouteState, rows: Rows) -> tuple[Rows, int, int]:
+        """(rows, weighted, copies): the training rows (the window first), with the rows
+        since a shift moved to the end, and how many copies of them the forest is to be
+        fit on, so that they weigh as much as the rest (at most ``SHIFT_WEIGHT_MAX``);
+        once they are half of the rows, the shift is no longer weighed (the module doc,
+        point 3)."""
+        since = state.shift_rows
+        if since is None:
+            return rows, 0, 1
+        since = min(since, len(state.window))
+        if 2 * since >= len(rows):
+            state.shift_rows = None
+            return rows, 0, 1
+        copies = min(-(-(len(rows) - since) // max(since, 1)), SHIFT_WEIGHT_MAX)
+        if since == 0 or copies <= 1:
+            return rows, 0, 1
+        end = len(state.window)
+        moved = np.concatenate((rows[: end - since], rows[end:], rows[end - since : end]))
+        return moved, since, copies
 
     def attribute(self, route: str, row: Rows) -> npt.NDArray[np.float64] | None:
         """How much each feature made ``row`` anomalous, by the scorer that judged it.
@@ -791,6 +877,7 @@ class Detector:
                         self.stats.fits_failed += 1
                 continue
             state.fit_failures = 0
+            state.distrusted = False
             state.model = RouteModel(
                 forest=result.forest,
                 threshold=result.threshold,

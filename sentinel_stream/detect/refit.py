@@ -54,6 +54,10 @@ class FitRequest:
     """Also fit a neighbour grader on the rows, and read a threshold from the training
     rows' forest and neighbour grades together (features of unknown meaning: the
     detector's module doc, point 8)."""
+    weighted: int = 0
+    """The last this many rows are fit ``copies`` times by the forest (the rows since a
+    shift: the detector's module doc, point 3); the grader sees every row once."""
+    copies: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,12 @@ def fit_route(request: FitRequest) -> FitResult:
     # the threshold would come from in-bag scores, lower than new rows will score, and a
     # young route would flag several times its contamination.
     max_samples = max(min(request.max_samples, len(request.rows) // 2), 2)
+    rows = request.rows
+    if request.weighted and request.copies > 1:
+        recent = rows[len(rows) - request.weighted :]
+        rows = np.concatenate((rows, *([recent] * (request.copies - 1))))
     forest, _, train_scores = fit_scored(
-        request.rows, request.n_estimators, max_samples, request.seed, request.one_sided
+        rows, request.n_estimators, max_samples, request.seed, request.one_sided
     )
     assert train_scores is not None
     threshold = tail_threshold(
@@ -104,7 +112,7 @@ def fit_route(request: FitRequest) -> FitResult:
     graded = fit_grader(request.rows) if request.graded else None
     if graded is not None:
         grader, own = graded
-        blended = 0.5 * (train_scores + own)
+        blended = 0.5 * (train_scores[: len(own)] + own)
         value = tail_threshold(blended, request.contamination, threshold_tail(len(blended)))
         graded_threshold = min(max(value, request.score_floor), 1.0)
     return FitResult(

@@ -138,6 +138,9 @@ def snapshot_route(detector: Detector, route: str) -> bytes | None:
         "tail_hits": state.tail_hits,
         "scored_since_fit": state.scored_since_fit,
         "refit_backoff": state.refit_backoff,
+        "disagreement": float(state.disagreement),
+        "distrusted": int(state.distrusted),
+        "shift_rows": -1 if state.shift_rows is None else state.shift_rows,
     }
     if state.baseline is not None:
         # Derived, but kept: recomputed now, it would differ from the one the route
@@ -190,6 +193,11 @@ def restore_route(detector: Detector, route: str, data: bytes) -> RouteState:
         state.tail_hits = int(parts.get("tail_hits", 0))  # type: ignore[arg-type]
         state.scored_since_fit = int(parts.get("scored_since_fit", 0))  # type: ignore[arg-type]
         state.refit_backoff = int(parts.get("refit_backoff", 0))  # type: ignore[arg-type]
+        # Whether the model is trusted (newer still: absent means trusted, no shift).
+        state.disagreement = float(parts.get("disagreement", 0.0))  # type: ignore[arg-type]
+        state.distrusted = bool(parts.get("distrusted", 0))
+        shift_rows = int(parts.get("shift_rows", -1))  # type: ignore[arg-type]
+        state.shift_rows = None if shift_rows < 0 else shift_rows
         if "baseline.count" in parts:
             state.baseline = _dataclass_from("baseline", Baseline, parts)
         if "model.version" in parts:

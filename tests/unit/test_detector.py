@@ -12,9 +12,10 @@ from sentinel_stream.config import Settings
 from sentinel_stream.detect.detector import Detector
 from sentinel_stream.detect.features import to_rows
 from sentinel_stream.detect.params import DetectorParams
-from sentinel_stream.detect.refit import InlineRefitter
+from sentinel_stream.detect.refit import FitRequest, InlineRefitter, RequestFactory
 from sentinel_stream.detect.rules import generic_rules
 from sentinel_stream.tools.synthetic import generate
+from tests.support.detector import new_regime, stream, unknown_features_detector
 from tests.support.telemetry import engine, ev, normal, run
 
 
@@ -128,28 +129,6 @@ def test_long_memory_holds_only_rows_older_than_the_window() -> None:
 # -- what a young route may learn from; features of unknown meaning -----------------------
 
 
-def unknown_features_detector(n_features: int, **settings: object) -> Detector:
-    """The detector ``evaluate`` runs on a labelled set: every column two-sided, the
-    rules for features of unknown meaning, inline fits."""
-    s = Settings(refit_workers=0, seed=1, **settings)  # type: ignore[arg-type]
-    return Detector(
-        DetectorParams.for_unknown_features(n_features, s),
-        generic_rules(n_features),
-        InlineRefitter(),
-    )
-
-
-def stream(d: Detector, rows: np.ndarray, chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, flags) of ``rows`` streamed in chunks, fits installed between them."""
-    scores, flags = [], []
-    for i in range(0, len(rows), chunk):
-        d.install_completed()
-        s = d.score_and_learn("r", np.asarray(rows[i : i + chunk], dtype=np.float32))
-        scores.append(s.scores)
-        flags.append(s.flags)
-    return np.concatenate(scores), np.concatenate(flags)
-
-
 def synthetic_rows(kinds: tuple[str, ...], n_bad: int, n_good: int, seed: int) -> np.ndarray:
     """One route of the synthetic generator: ``n_bad`` anomalies of ``kinds`` first, then
     ``n_good`` normal events (the same route profile), as log-space rows."""
@@ -222,6 +201,75 @@ def test_without_the_young_routes_patience_the_first_model_never_lets_go() -> No
     assert stubborn[100:][1000:2000].mean() > 0.9
     _, ours = stream(unknown_features_detector(3, min_history=64), rows)
     assert ours[100:][1000:2000].mean() < 0.01
+
+
+class RecordingRefitter(InlineRefitter):
+    """Fits inline, as evaluate does, and keeps each request it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[FitRequest] = []
+
+    def submit(self, route: str, first: bool, make: RequestFactory) -> None:
+        def recorded() -> FitRequest | None:
+            request = make()
+            if request is not None:
+                self.requests.append(request)
+            return request
+
+        super().submit(route, first, recorded)
+
+
+def test_a_young_model_that_disagrees_with_most_traffic_gives_way_within_a_hundred_rows() -> None:
+    # The route's model was fit on a few hundred rows of one regime; then every row is
+    # of another (a new client: on vowels in file order, a new speaker), which the rules
+    # do not flag and the model flags almost all of. Point 3's patience would hold out
+    # for five times the rows learnt; a young model that disagrees with most of the
+    # traffic is distrusted after a few dozen rows: the route is scored as warming up
+    # (the rules, and the neighbour grade), the new rows teach, and it is refit on them,
+    # weighed as much as the old.
+    rows = new_regime(3)
+    refitter = RecordingRefitter()
+    s = Settings(refit_workers=0, seed=1)
+    d = Detector(DetectorParams.for_unknown_features(6, s), generic_rules(6), refitter)
+    verdicts = []
+    for i in range(0, 600, 25):
+        d.install_completed()
+        verdicts.append(d.score_and_learn("r", rows[i : i + 25].astype(np.float32)))
+    assert d.stats.models_distrusted == 1
+    flags = np.concatenate([v.flags for v in verdicts])
+    assert flags[128:400].mean() < 0.05  # the first regime: its model mostly agrees
+    # Flagged until the disagreement is clear, then the route warms up again.
+    assert flags[400:450].mean() > 0.2 and flags[450:600].mean() < 0.05
+    assert [v.detector for v in verdicts[16:22]].count("rules") >= 2
+    # The refit that ends it weighs the new rows as much as the old ones: the rows since
+    # the shift are the last of the request's rows, fit several times by the forest.
+    weighed = [r for r in refitter.requests if r.weighted]
+    assert weighed and weighed[0].copies >= 2
+    assert weighed[0].weighted * weighed[0].copies >= len(weighed[0].rows) - weighed[0].weighted
+    new_rows = {tuple(r) for r in rows[400:].astype(np.float32).tolist()}
+    since = weighed[0].rows[len(weighed[0].rows) - weighed[0].weighted :]
+    assert all(tuple(r) in new_rows for r in since.tolist())  # the new regime's rows
+    _, later = stream(d, rows[600:], 25)
+    assert later.mean() < 0.005
+    state = d.route_state("r")
+    assert state is not None and not state.distrusted and state.model is not None
+    assert state.model.trained_on <= len(state.window) + len(state.memory or ())
+
+
+def test_without_distrust_the_young_model_flags_the_new_regime_for_hundreds_of_rows() -> None:
+    # The same stream with the distrust taken away (the patience above it alone, as
+    # before): the new regime is flagged for hundreds of rows. What the test above
+    # measures is the distrust's doing.
+    rows = new_regime(3)
+    s = Settings(refit_workers=0, seed=1)
+    # Averaged over 10,000 rows, the disagreement never reaches a half in these 500 (and
+    # the patience, five times the 400 rows learnt, is longer than them either way).
+    params = replace(DetectorParams.for_unknown_features(6, s), drift_min=10_000)
+    d = Detector(params, generic_rules(6), InlineRefitter())
+    _, flags = stream(d, rows[:900], 25)
+    assert d.stats.models_distrusted == 0
+    assert flags[450:900].mean() > 0.1
 
 
 def test_a_route_far_from_the_cold_defaults_stops_being_flagged_within_dozens() -> None:
@@ -333,6 +381,7 @@ def test_a_route_that_flags_its_contamination_keeps_its_models_threshold() -> No
     assert before.threshold == state.live_threshold
     burst = rng.normal(6.0, 0.3, size=(100, 6))
     assert stream(d, burst, 20)[1].all()
+    assert d.stats.models_distrusted == 0  # a mature model is not distrusted (point 3)
     stream(d, rows[4064:], 64)
     assert state.live_threshold < state.model.graded_threshold
     after = d.score_and_learn("r", rows[:64].astype(np.float32))

@@ -17,6 +17,7 @@ from sentinel_stream.detect.snapshot import (
     restore_route,
     snapshot_route,
 )
+from tests.support.detector import new_regime, stream, unknown_features_detector
 from tests.support.telemetry import engine, ev, normal, run
 
 
@@ -59,6 +60,26 @@ def test_a_restored_route_scores_with_its_model_as_before() -> None:
     assert [v["score"] for v in a] == [v["score"] for v in b]
     assert {v["model_version"] for v in b} == {state.model.version}
     assert not b[0]["warming_up"]
+
+
+def test_a_distrusted_model_stays_distrusted_across_a_restore() -> None:
+    # A young model that disagreed with most of its traffic scores nothing until the
+    # next one is installed (the detector's point 3); a member that takes the route over
+    # from the changelog must not trust it again, and weighs the same shift.
+    rows = new_regime(3)
+    first = unknown_features_detector(6)
+    stream(first, rows[:450], 25)
+    state = first.route_state("r")
+    assert state is not None and state.distrusted and state.shift_rows is not None
+    data = snapshot_route(first, "r")
+    assert data is not None
+
+    second = unknown_features_detector(6)
+    restored = restore_route(second, "r", data)
+    assert restored.distrusted and restored.shift_rows == state.shift_rows
+    assert restored.disagreement == state.disagreement
+    probe = rows[450:475].astype(np.float32)
+    assert second.score_and_learn("r", probe, learn=False).detector == "rules"
 
 
 def test_a_route_without_a_model_restores_its_window() -> None:
