@@ -34,16 +34,20 @@ The policy, in the order a batch meets it:
    trouble, the normal traffic after it). A mature route (its model fit on a window or
    more) keeps the patience above: a burst of attacks as long as a window is not
    learnt. A young one, whose model was fit on less than a window, has learnt too
-   little to hold against most of its traffic: when more than half of its last
-   ``drift_min`` or so rows were flagged by the model alone, the route is scored as
-   before its first model (the rules, and the rows they do not flag graded by their
-   neighbours among the route's rows), every row the rules do not flag teaches, and it
-   is refit after ``min_history`` rows. That fit, and those after it, weigh the rows
-   since the shift as much as everything before them (those rows repeated, at most
-   ``SHIFT_WEIGHT_MAX`` times in all) until they are half of the rows a fit is given:
-   fit on a hundred new rows beside several hundred old, a forest scores the new
-   regime as the unusual part of its world for another window. Counted in
-   ``sentinel_models_distrusted_total``.
+   little to hold against most of its traffic. When its model alone has flagged more
+   than half of its traffic, averaged over about half the rows a first fit needs
+   (``min_history / 2``, 64; all of it flagged, that takes 44 rows, so a burst of 60
+   attacks on a young route is flagged as without the distrust, and a new regime is
+   not flagged for hundreds of rows), the route is scored as before its first model
+   (the rules; for features of unknown meaning, the rows they do not flag graded by
+   their neighbours among the route's rows), every row the rules do not flag teaches,
+   and it asks for a refit after ``min_history`` admitted rows. Only a model fit after
+   that ends the distrust (not one whose fit was already under way). That fit, and
+   those after it, weigh the rows since the shift as much as everything before them
+   (those rows repeated, at most ``SHIFT_WEIGHT_MAX`` times in all) until they are half
+   of the rows a fit is given or fill the window: fit on a hundred new rows beside
+   several hundred old, a forest scores the new regime as the unusual part of its world
+   for another window. Counted in ``sentinel_models_distrusted_total``.
 4. **Long memory.** Beside the recent window, a uniform sample of every admitted row
    that has left it (a reservoir, ``long_memory`` rows); models are fit on both, so
    what normal looked like before a long burst or a slow drift is not forgotten.
@@ -136,8 +140,9 @@ F64 = npt.NDArray[np.float64]
 DetectorName = Literal["isolation_forest", "rules"]
 
 SHIFT_WEIGHT_MAX = 8
-"""At most this many copies of the rows since a shift in a fit (point 3): a shift of 128
-rows beside 1,000 older ones is weighed 8 to 9."""
+"""At most this many copies of the rows since a shift in a fit (point 3): 128 rows since
+a shift beside 1,000 older ones are fit 8 times (1,024 rows to 1,000); beside 1,900,
+still 8 times, less than half. Bounds what a fit is given: at most twice its rows."""
 DRIFT_PER_LEARNT = 5
 """A route's patience with traffic it flags is this many times the rows it has learnt (as
 a mature route's default ``drift_events`` is five windows)."""
@@ -205,10 +210,13 @@ class RouteState:
     flag_rate: float = 0.0
     disagreement: float = 0.0
     """The share of its traffic the model alone flagged (not the rules), a moving
-    average over about ``drift_min`` rows (point 3)."""
+    average over about ``min_history / 2`` rows (point 3)."""
     distrusted: bool = False
     """The model disagreed with most of the traffic: the route is scored as before its
-    first model until the next one is installed."""
+    first model until a model fit after the distrust is installed."""
+    distrusted_at: int = 0
+    """``versions`` when the model was distrusted: a fit requested before then (on rows
+    from before the shift) does not end the distrust."""
     shift_rows: int | None = None
     """Rows admitted since the model was last distrusted, weighed in fits as much as the
     rest (point 3); None: no shift is being weighed."""
@@ -409,6 +417,8 @@ class Detector:
         self._least_wait = min(params.min_history, params.refit_every)
         """No refit is due sooner than this many admitted rows (see :meth:`_refit_wait`)."""
         self._drift_min = max(min(params.drift_min, self._drift_max), 1)
+        self._disagreement_span = max(self._drift_min, params.min_history // 2)
+        """Rows a young model's disagreement is averaged over (point 3)."""
         self._graded = rules.graded
         """Rows the rules do not flag score by :meth:`RuleScorer.graded_scores` until the
         route's first model (features of unknown meaning)."""
@@ -563,12 +573,12 @@ class Detector:
                 state.tail_hits += j.n_tail
                 state.scored_since_fit += n
                 self._calibrate(route, state, scores, n_flagged)
-                self._weigh_disagreement(state, model, j, fired)
+                self._weigh_disagreement(route, state, model, j, fired)
             self._learn(route, state, rows, j)
         return scored
 
     def _weigh_disagreement(
-        self, state: RouteState, model: RouteModel, j: Judged, fired: Flags | None
+        self, route: str, state: RouteState, model: RouteModel, j: Judged, fired: Flags | None
     ) -> None:
         """Average the share of the batch only a young model flagged (not the rules);
         past a half, distrust the model (the module doc, point 3). On traffic the model
@@ -585,14 +595,19 @@ class Detector:
             return
         else:
             alone = 0
-        keep = (1.0 - 1.0 / self._drift_min) ** n
+        keep = (1.0 - 1.0 / self._disagreement_span) ** n
         state.disagreement = state.disagreement * keep + (1.0 - keep) * alone / n
         if state.disagreement > 0.5:
             state.distrusted = True
+            state.distrusted_at = state.versions
             state.disagreement = 0.0
             state.shift_rows = 0
             state.admitted_since_fit = 0  # refit after min_history rows of the new traffic
             self.stats.models_distrusted += 1
+            if self.changes is not None:
+                # What scores the route changed, as with an install: the changelog (and
+                # the HTTP process's replica) must not wait for the next admitted row.
+                self.changes.models.add(route)
 
     def _calibrate(self, route: str, state: RouteState, scores: F64, flagged: int) -> None:
         """Keep the live scores and the share flagged; while that share is below the
@@ -691,7 +706,8 @@ class Detector:
     def _refresh_baseline(self, state: RouteState) -> None:
         """Recompute what is typical: often while warming up (the rules depend on it),
         at the refit cadence once a model exists."""
-        refresh = BASELINE_REFRESH if state.model is None else self.params.refit_every
+        warming = state.model is None or state.distrusted
+        refresh = BASELINE_REFRESH if warming else self.params.refit_every
         young = state.baseline is None or state.baseline.count < RULE_MIN_HISTORY
         if not young and state.admitted_since_baseline < refresh:
             return
@@ -819,21 +835,21 @@ class Detector:
 
     @staticmethod
     def _weigh_shift(state: RouteState, rows: Rows) -> tuple[Rows, int, int]:
-        """(rows, weighted, copies): the training rows (the window first), with the rows
-        since a shift moved to the end, and how many copies of them the forest is to be
-        fit on, so that they weigh as much as the rest (at most ``SHIFT_WEIGHT_MAX``);
-        once they are half of the rows, the shift is no longer weighed (the module doc,
-        point 3)."""
+        """(rows, weighted, copies): the training rows (the window, then the long
+        memory), and how many times the forest is to see the rows since a shift, so
+        that a new regime weighs as much as everything before it (the module doc,
+        point 3). Those rows are moved to the end: the fit, in a worker, repeats them by
+        slicing the end, and the request carries each row once. Once they are half of
+        the rows or fill the window, the shift is no longer weighed."""
         since = state.shift_rows
         if since is None:
             return rows, 0, 1
-        since = min(since, len(state.window))
-        if 2 * since >= len(rows):
+        if 2 * since >= len(rows) or since >= len(state.window):
             state.shift_rows = None
             return rows, 0, 1
-        copies = min(-(-(len(rows) - since) // max(since, 1)), SHIFT_WEIGHT_MAX)
-        if since == 0 or copies <= 1:
+        if since == 0:
             return rows, 0, 1
+        copies = min(-(-(len(rows) - since) // since), SHIFT_WEIGHT_MAX)
         end = len(state.window)
         moved = np.concatenate((rows[: end - since], rows[end:], rows[end - since : end]))
         return moved, since, copies
@@ -877,7 +893,9 @@ class Detector:
                         self.stats.fits_failed += 1
                 continue
             state.fit_failures = 0
-            state.distrusted = False
+            if state.distrusted and result.token > state.distrusted_at:
+                state.distrusted = False
+                state.disagreement = 0.0  # the model fit on the shift starts afresh
             state.model = RouteModel(
                 forest=result.forest,
                 threshold=result.threshold,

@@ -56,8 +56,11 @@ class FitRequest:
     detector's module doc, point 8)."""
     weighted: int = 0
     """The last this many rows are fit ``copies`` times by the forest (the rows since a
-    shift: the detector's module doc, point 3); the grader sees every row once."""
+    shift: the detector's module doc, point 3); the grader sees every row once (copies
+    would be each other's nearest neighbours, and every distance to them 0)."""
     copies: int = 1
+    """How many times the forest sees the last ``weighted`` rows: they travel once, and
+    are repeated here, in the worker."""
 
 
 @dataclass(frozen=True, slots=True)

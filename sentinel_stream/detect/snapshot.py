@@ -140,6 +140,7 @@ def snapshot_route(detector: Detector, route: str) -> bytes | None:
         "refit_backoff": state.refit_backoff,
         "disagreement": float(state.disagreement),
         "distrusted": int(state.distrusted),
+        "distrusted_at": state.distrusted_at,
         "shift_rows": -1 if state.shift_rows is None else state.shift_rows,
     }
     if state.baseline is not None:
@@ -196,6 +197,7 @@ def restore_route(detector: Detector, route: str, data: bytes) -> RouteState:
         # Whether the model is trusted (newer still: absent means trusted, no shift).
         state.disagreement = float(parts.get("disagreement", 0.0))  # type: ignore[arg-type]
         state.distrusted = bool(parts.get("distrusted", 0))
+        state.distrusted_at = int(parts.get("distrusted_at", 0))  # type: ignore[arg-type]
         shift_rows = int(parts.get("shift_rows", -1))  # type: ignore[arg-type]
         state.shift_rows = None if shift_rows < 0 else shift_rows
         if "baseline.count" in parts:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from sentinel_stream.config import Settings
-from sentinel_stream.detect.detector import Detector
+from sentinel_stream.detect.detector import Changes, Detector
 from sentinel_stream.detect.features import to_rows
 from sentinel_stream.detect.params import DetectorParams
-from sentinel_stream.detect.refit import FitRequest, InlineRefitter, RequestFactory
+from sentinel_stream.detect.refit import FitRequest, FitResult, InlineRefitter, RequestFactory
 from sentinel_stream.detect.rules import generic_rules
 from sentinel_stream.tools.synthetic import generate
 from tests.support.detector import new_regime, stream, unknown_features_detector
@@ -204,20 +204,41 @@ def test_without_the_young_routes_patience_the_first_model_never_lets_go() -> No
 
 
 class RecordingRefitter(InlineRefitter):
-    """Fits inline, as evaluate does, and keeps each request it was given."""
+    """Fits inline, as evaluate does, and keeps each request it was given with the
+    route's window as it was when the request was made; with ``delay``, a fit's result
+    is handed over only at the ``delay``-th collect after it (a worker that is busy)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: int = 0) -> None:
         super().__init__()
-        self.requests: list[FitRequest] = []
+        self.requests: list[tuple[FitRequest, np.ndarray]] = []
+        self.detector: Detector | None = None
+        self._delay = delay
+        self._held: list[tuple[int, FitResult]] = []
 
     def submit(self, route: str, first: bool, make: RequestFactory) -> None:
         def recorded() -> FitRequest | None:
             request = make()
-            if request is not None:
-                self.requests.append(request)
+            if request is not None and self.detector is not None:
+                state = self.detector.route_state(route)
+                assert state is not None
+                self.requests.append((request, state.window.snapshot()))
             return request
 
         super().submit(route, first, recorded)
+
+    def collect(self) -> list[FitResult]:
+        self._held += [(self._delay, r) for r in super().collect()]
+        due = [r for wait, r in self._held if wait <= 0]
+        self._held = [(wait - 1, r) for wait, r in self._held if wait > 0]
+        return due
+
+
+def recording_detector(delay: int = 0) -> tuple[Detector, RecordingRefitter]:
+    refitter = RecordingRefitter(delay)
+    s = Settings(refit_workers=0, seed=1)
+    d = Detector(DetectorParams.for_unknown_features(6, s), generic_rules(6), refitter)
+    refitter.detector = d
+    return d, refitter
 
 
 def test_a_young_model_that_disagrees_with_most_traffic_gives_way_within_a_hundred_rows() -> None:
@@ -229,27 +250,34 @@ def test_a_young_model_that_disagrees_with_most_traffic_gives_way_within_a_hundr
     # (the rules, and the neighbour grade), the new rows teach, and it is refit on them,
     # weighed as much as the old.
     rows = new_regime(3)
-    refitter = RecordingRefitter()
-    s = Settings(refit_workers=0, seed=1)
-    d = Detector(DetectorParams.for_unknown_features(6, s), generic_rules(6), refitter)
-    verdicts = []
+    d, refitter = recording_detector()
+    d.changes = Changes()
+    verdicts, heard = [], False
     for i in range(0, 600, 25):
         d.install_completed()
+        d.changes.take()
         verdicts.append(d.score_and_learn("r", rows[i : i + 25].astype(np.float32)))
+        if d.stats.models_distrusted and not heard:
+            # The distrust changes what scores the route, as an install does: the
+            # changelog (and the HTTP process's replica) hears of it at once.
+            assert "r" in d.changes.models
+            heard = True
     assert d.stats.models_distrusted == 1
     flags = np.concatenate([v.flags for v in verdicts])
     assert flags[128:400].mean() < 0.05  # the first regime: its model mostly agrees
     # Flagged until the disagreement is clear, then the route warms up again.
-    assert flags[400:450].mean() > 0.2 and flags[450:600].mean() < 0.05
-    assert [v.detector for v in verdicts[16:22]].count("rules") >= 2
+    assert flags[400:475].mean() > 0.5 and flags[475:600].mean() < 0.01
+    assert [v.detector for v in verdicts[19:24]].count("rules") >= 2
     # The refit that ends it weighs the new rows as much as the old ones: the rows since
     # the shift are the last of the request's rows, fit several times by the forest.
-    weighed = [r for r in refitter.requests if r.weighted]
-    assert weighed and weighed[0].copies >= 2
-    assert weighed[0].weighted * weighed[0].copies >= len(weighed[0].rows) - weighed[0].weighted
+    weighed = [(r, window) for r, window in refitter.requests if r.weighted]
+    assert weighed
+    first, window = weighed[0]
+    assert first.copies >= 2 and first.weighted * first.copies >= len(first.rows) - first.weighted
+    # The rows weighed are exactly the window's newest, the rows admitted since the shift.
+    assert np.array_equal(first.rows[len(first.rows) - first.weighted :], window[-first.weighted :])
     new_rows = {tuple(r) for r in rows[400:].astype(np.float32).tolist()}
-    since = weighed[0].rows[len(weighed[0].rows) - weighed[0].weighted :]
-    assert all(tuple(r) in new_rows for r in since.tolist())  # the new regime's rows
+    assert all(tuple(r) in new_rows for r in window[-first.weighted :].tolist())
     _, later = stream(d, rows[600:], 25)
     assert later.mean() < 0.005
     state = d.route_state("r")
@@ -270,6 +298,42 @@ def test_without_distrust_the_young_model_flags_the_new_regime_for_hundreds_of_r
     _, flags = stream(d, rows[:900], 25)
     assert d.stats.models_distrusted == 0
     assert flags[450:900].mean() > 0.1
+
+
+def test_a_burst_of_sixty_attacks_on_a_young_route_is_flagged_as_without_the_distrust() -> None:
+    # 60 rows far out on two features (short of the rules' bar) after 400 ordinary ones:
+    # the young model's disagreement is averaged over half the rows a first fit needs, so
+    # the burst is flagged row for row as the route without the distrust flags it.
+    rng = np.random.default_rng(5)
+    burst = rng.normal(size=(60, 6))
+    burst[:, :2] += 3.5
+    rows = np.concatenate((rng.normal(size=(400, 6)), burst))
+    s = Settings(refit_workers=0, seed=1)
+    without = replace(DetectorParams.for_unknown_features(6, s), drift_min=10_000)
+    _, flags = stream(unknown_features_detector(6), rows, 20)
+    _, flags_without = stream(Detector(without, generic_rules(6), InlineRefitter()), rows, 20)
+    assert flags[400:].mean() > 0.5
+    assert np.array_equal(flags[400:], flags_without[400:])
+
+
+def test_a_fit_under_way_when_the_model_is_distrusted_does_not_end_the_distrust() -> None:
+    # A worker still busy with a fit asked for before the shift: its model, fit on the
+    # old regime, arrives after the distrust and must not be trusted in its place (it
+    # would disagree with the traffic again); only a fit asked for after the distrust
+    # ends it, and the route is distrusted once.
+    rows = new_regime(3)
+    d, _ = recording_detector(delay=4)
+    for i in range(0, 900, 25):
+        d.install_completed()
+        d.score_and_learn("r", rows[i : i + 25].astype(np.float32))
+        state = d.route_state("r")
+        assert state is not None
+        if state.distrusted and state.model is not None:
+            assert state.model.version <= state.distrusted_at
+    assert d.stats.models_distrusted == 1
+    end = d.route_state("r")
+    assert end is not None and end.model is not None and not end.distrusted
+    assert end.model.version > end.distrusted_at
 
 
 def test_a_route_far_from_the_cold_defaults_stops_being_flagged_within_dozens() -> None:

@@ -63,23 +63,39 @@ def test_a_restored_route_scores_with_its_model_as_before() -> None:
 
 
 def test_a_distrusted_model_stays_distrusted_across_a_restore() -> None:
-    # A young model that disagreed with most of its traffic scores nothing until the
-    # next one is installed (the detector's point 3); a member that takes the route over
-    # from the changelog must not trust it again, and weighs the same shift.
+    # A young model that disagreed with most of its traffic scores nothing until a model
+    # fit after the distrust is installed (the detector's point 3); a member that takes
+    # the route over from the changelog must not trust it again, and weighs the same
+    # shift. A disagreement on its way there is carried over too.
     rows = new_regime(3)
     first = unknown_features_detector(6)
-    stream(first, rows[:450], 25)
+    stream(first, rows[:425], 25)
     state = first.route_state("r")
-    assert state is not None and state.distrusted and state.shift_rows is not None
+    assert state is not None and not state.distrusted and state.disagreement > 0.0
     data = snapshot_route(first, "r")
     assert data is not None
+    assert restore_route(unknown_features_detector(6), "r", data).disagreement == (
+        state.disagreement
+    )
 
+    stream(first, rows[425:525], 25)
+    assert state.distrusted and state.shift_rows is not None
+    data = snapshot_route(first, "r")
+    assert data is not None
     second = unknown_features_detector(6)
     restored = restore_route(second, "r", data)
     assert restored.distrusted and restored.shift_rows == state.shift_rows
-    assert restored.disagreement == state.disagreement
-    probe = rows[450:475].astype(np.float32)
+    assert restored.distrusted_at == state.distrusted_at
+    probe = rows[525:550].astype(np.float32)
     assert second.score_and_learn("r", probe, learn=False).detector == "rules"
+
+    # A snapshot from before the distrust existed restores a trusted model, no shift.
+    parts = decode(data)
+    for name in ("disagreement", "distrusted", "distrusted_at", "shift_rows"):
+        del parts[name]
+    older = restore_route(unknown_features_detector(6), "r", encode(parts))
+    assert not older.distrusted and older.shift_rows is None and older.disagreement == 0.0
+    assert older.model is not None
 
 
 def test_a_route_without_a_model_restores_its_window() -> None:
