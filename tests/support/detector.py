@@ -41,3 +41,14 @@ def new_regime(seed: int) -> np.ndarray:
     moved[:, :3] += 2.0
     moved[:, 3:] -= 2.0
     return np.concatenate((rng.normal(size=(400, 6)), moved))
+
+
+def sparse_rows(rng: np.random.Generator, n: int, n_features: int) -> np.ndarray:
+    """Rows of mostly blank features (a pixel, a rare count): two thirds of the columns
+    are 0 but in one row in 200, where they take a value between 50 and 250 (about one
+    row in nine holds such a value somewhere); the rest are normal."""
+    rows = rng.normal(size=(n, n_features))
+    k = 2 * n_features // 3
+    on = rng.random((n, k)) < 0.005
+    rows[:, :k] = np.where(on, rng.uniform(50.0, 250.0, size=(n, k)), 0.0)
+    return rows

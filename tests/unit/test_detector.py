@@ -15,7 +15,7 @@ from sentinel_stream.detect.params import DetectorParams
 from sentinel_stream.detect.refit import FitRequest, FitResult, InlineRefitter, RequestFactory
 from sentinel_stream.detect.rules import generic_rules
 from sentinel_stream.tools.synthetic import generate
-from tests.support.detector import new_regime, stream, unknown_features_detector
+from tests.support.detector import new_regime, sparse_rows, stream, unknown_features_detector
 from tests.support.telemetry import engine, ev, normal, run
 
 
@@ -336,6 +336,42 @@ def test_a_fit_under_way_when_the_model_is_distrusted_does_not_end_the_distrust(
     assert end.model.version > end.distrusted_at
 
 
+def test_a_route_whose_first_rows_were_the_trouble_gives_way_before_its_first_model() -> None:
+    # The first 100 rows are a tight cluster (the trouble), then ordinary rows far above
+    # it on every feature: the rules, measured against the cluster, flag every one of
+    # them, and nothing else has been learnt. Before its first model the route is as
+    # patient with its rules as with a young model (about min_history / 2 rows), not
+    # five times the 100 rows it learnt (about 350 rows flagged).
+    rng = np.random.default_rng(4)
+    trouble = rng.normal(0.0, 0.1, size=(100, 20))
+    ordinary = rng.normal(10.0, 1.0, size=(1500, 20))
+    d = unknown_features_detector(20)
+    _, flags = stream(d, np.concatenate((trouble, ordinary)), 20)
+    after = flags[100:]
+    assert after[:20].all()  # the rules flag the shift at first
+    assert after.sum() <= d.params.min_history, after.sum()
+    assert after[d.params.min_history :].mean() < 0.01
+
+
+def test_a_mature_route_without_a_model_keeps_a_windows_patience_with_its_rules() -> None:
+    # A route that has learnt a window and lost its model (max_models: another route's
+    # model pushed it out) is scored by its rules, but it is not young: a burst as long as
+    # several young routes' patience stays flagged.
+    rng = np.random.default_rng(6)
+    s = Settings(refit_workers=0, seed=1, history_max=300, max_models=1)
+    d = Detector(DetectorParams.for_unknown_features(6, s), generic_rules(6), InlineRefitter())
+    stream(d, rng.normal(size=(600, 6)))
+    d.install_completed()
+    d.score_and_learn("other", rng.normal(size=(400, 6)).astype(np.float32))
+    d.install_completed()
+    state = d.route_state("r")
+    assert state is not None and state.model is None and state.window.total >= 300
+    burst = rng.normal(size=(200, 6))
+    burst[:, 0] += 40.0
+    _, flags = stream(d, burst, 20)
+    assert flags.all(), flags.mean()
+
+
 def test_a_route_far_from_the_cold_defaults_stops_being_flagged_within_dozens() -> None:
     # Cold rules expect ~500 ms; this route's normal is ~12 s (24x). Its first events are
     # flagged; with nothing learnt, the patience is drift_min events, then it learns its
@@ -458,8 +494,9 @@ def test_a_route_that_flags_its_contamination_keeps_its_models_threshold() -> No
         lambda rng, n: rng.lognormal(size=(n, 36)),
         lambda rng, n: rng.pareto(3.0, size=(n, 36)),
         lambda rng, n: rng.normal(size=(n, 36)),
+        lambda rng, n: sparse_rows(rng, n, 36),
     ],
-    ids=["lognormal", "pareto", "normal"],
+    ids=["lognormal", "pareto", "normal", "sparse"],
 )
 def test_the_threshold_holds_contamination_on_high_dimensional_normal_rows(draw: object) -> None:
     rng = np.random.default_rng(3)

@@ -80,6 +80,26 @@ def test_rules_for_unknown_features_leave_ordinary_rows_alone_and_flag_the_far()
     assert not rules.fires(cold.deviations)[0]
 
 
+def test_a_feature_learnt_at_one_value_has_a_silent_rule() -> None:
+    # Feature 0 was 0 in every row learnt (a blank pixel): there is no unit to measure
+    # its excess in, and its rare values are ordinary, so its rule never fires. Feature 1
+    # varied: a value far beyond its largest still fires.
+    rng = np.random.default_rng(3)
+    history = rng.normal(size=(500, 2)).astype(np.float32)
+    history[:, 0] = 0.0
+    rules = generic_rules(2)
+    baseline = Baseline.of(history)
+    reference, scale = rules.reference(baseline), rules.scale(baseline)
+    assert np.isinf(scale[0]) and np.isfinite(scale[1])
+    rows = np.array([[250.0, 0.0], [0.0, 1e4]], dtype=np.float32)
+    fired = rules.fires(rules.score(rows, reference, scale).deviations)
+    assert fired.tolist() == [False, True]
+    # A feature whose largest value lies above its median keeps its rule, however rare.
+    history[:3, 0] = 1.0
+    varied = rules.scale(Baseline.of(history))
+    assert np.isfinite(varied[0])
+
+
 def test_rows_the_rules_do_not_flag_are_graded_by_how_far_from_their_neighbours() -> None:
     rng = np.random.default_rng(3)
     rules = generic_rules(6)
