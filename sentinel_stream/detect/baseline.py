@@ -30,6 +30,11 @@ def quantiles(
     return out
 
 
+SPREAD_FLOOR = 0.05
+"""The least ``spread``: in telemetry's log space, a route whose values barely vary
+still has a unit of deviation (a twentieth of an e-fold)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Baseline:
     """Per-feature quantiles of a route's window, in the detector's (transformed) space."""
@@ -46,5 +51,5 @@ class Baseline:
     @classmethod
     def of(cls, rows: npt.NDArray[np.float32]) -> Baseline:
         q = quantiles(rows.astype(np.float64), QUANTILES)
-        spread = np.maximum(q[2] - q[0], 0.05)
+        spread = np.maximum(q[2] - q[0], SPREAD_FLOOR)
         return cls(median=q[1], p90=q[2], p99=q[3], top=q[4], spread=spread, count=len(rows))

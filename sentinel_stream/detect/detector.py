@@ -28,13 +28,16 @@ The policy, in the order a batch meets it:
    trouble, whose first model was fit on the trouble and now flags all the normal
    traffic that follows, accepts it after a few times as many events as that model was
    fit on, and is refit on it as soon as it has as many new rows as a first fit needs.
-   Before its first model, a young route (one that has learnt less than a window) is as
-   patient with its rules as with a young model (below): at most about ``min_history /
-   2`` rows of mostly-flagged traffic. A route whose first rows were the trouble has
-   learnt nothing else, and its rules, measured against those rows, flag the normal
-   traffic that follows as surely as a model fit on them would (on a labelled set of
-   166 features whose first 97 rows are its anomalies, the rules flagged the next 350
-   normal rows with a patience of five times what was learnt; 95 with this one).
+   The rules for features of unknown meaning know nothing but what the route has seen:
+   a young route (one that has learnt less than a window) with no model is as patient
+   with them as with a young model (below), at most about ``min_history / 2`` rows of
+   mostly-flagged traffic. A route whose first rows were the trouble has learnt nothing
+   else, and those rules, measured against those rows, flag the normal traffic that
+   follows as surely as a model fit on them would (a labelled set of 166 features whose
+   first 97 rows are its anomalies: the README's *Detection quality*). Telemetry's rules
+   know what their features mean (twenty times a route's median latency is anomalous
+   however young the route): they keep the patience above, and a burst of attacks they
+   flag on a young route is not learnt.
    **A young model that disagrees with most of the traffic is not trusted.** Traffic
    a model flags and the rules do not is either an anomaly or a regime the model has
    not met (on vowels in file order, each new speaker; on a route that began in
@@ -685,15 +688,16 @@ class Detector:
         """Add the rows that teach to the window (what leaves it, to the long memory).
 
         The flag rate is a moving average over five times as many rows as the route has
-        learnt (at least ``drift_min``, at most ``drift_events``): once more than half
-        of its traffic has been flagged for that long, the shift is the new normal and
-        every row teaches again (the module doc, point 3).
+        learnt (at least ``drift_min``, at most ``drift_events``; a young route judged by
+        the rules for features of unknown meaning, at most ``min_history / 2``): once
+        more than half of its traffic has been flagged for that long, the shift is the
+        new normal and every row teaches again (the module doc, point 3).
         """
         n = len(rows)
         patience = min(max(DRIFT_PER_LEARNT * state.window.total, self._drift_min), self._drift_max)
-        if state.model is None and state.window.total < self.params.history_max:
-            # Before its first model, a young route's rules hold against its traffic no
-            # longer than a young model does (the module doc, point 3).
+        if self._graded and state.model is None and state.window.total < self.params.history_max:
+            # Rules that know only what a young route has seen hold against its traffic
+            # no longer than a young model (the module doc, point 3).
             patience = min(patience, self._disagreement_span)
         keep = (1.0 - 1.0 / patience) ** n
         state.flag_rate = state.flag_rate * keep + (1.0 - keep) * (j.n_flagged / n)
@@ -883,6 +887,12 @@ class Detector:
         for f in range(n):
             variants[f + 1, f] = typical[f]
         scores, _ = self._score(state, variants)
+        model = state.model if not state.distrusted else None
+        if model is not None and model.grader is not None:
+            # Scored as the row was (point 8): a value the forest cannot see (a feature
+            # constant in its sample) is the grade's.
+            seen = variants if self.params.model_features is None else variants[:, self._cols]
+            scores = 0.5 * (scores + model.grader.grade(seen))
         drop = np.maximum(scores[0] - scores[1:], 0.0)
         total = float(drop.sum())
         return drop / total if total > 0 else None

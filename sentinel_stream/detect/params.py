@@ -77,7 +77,8 @@ class DetectorParams:
     route that has learnt more than that)."""
     drift_min: int = 32
     """Fewest: a route's patience with traffic it flags is five times the rows it has
-    learnt, between ``drift_min`` and ``drift_events`` (see
+    learnt, between ``drift_min`` and ``drift_events`` (a young route judged by the rules
+    for features of unknown meaning: at most ``min_history / 2``; see
     :mod:`sentinel_stream.detect.detector`, point 3)."""
     long_memory: int | None = None
     """Size of the uniform sample of all history kept beside the window; default:

@@ -25,14 +25,15 @@ feature's own, the largest of:
   flagged, never learnt, and flagged again. On a log-scaled feature it is 20 times the
   largest value.
 
-A feature the route has learnt at one value only (its largest value is its median: a
-pixel that is almost always blank, a count that is almost always 0) has no unit at all,
-and its rule is silent. Its rare values are ordinary: on a set of 100 such pixel
-features, 30 % of the normal rows hold one, the first of them was flagged, so never
-learnt, and every later one was flagged in turn (the generic rules flagged 3.1 % of that
-set's normal rows, 0.1 % was intended). The neighbour grade still sees such a value
-(:func:`grading_units` measures a constant feature in its own units); the forest cannot
-split on a feature that never varied.
+A feature the route has learnt at one value only (its largest value is its median and
+its p10-p90 spread is nothing: a pixel that is almost always blank, a count that is
+almost always 0) has no unit at all, and its rule is silent. Its rare values are
+ordinary: on a set of 100 such pixel features, 30 % of the normal rows hold one; the
+first of them was flagged, so never learnt, and every later one was flagged in turn
+(the README's *Detection quality* has the figures). Once a route has a model, the
+neighbour grade sees such a value (:func:`grading_units` measures a constant feature in
+units of 1) and may flag it; before, it is ranked, never flagged. The forest cannot
+split on a feature that never varied in its sample.
 
 The score is ``max_f deviation_f / 2`` in units of each feature's factor, clipped to
 [0, 1]: exactly at the factor it is 0.5, the rules' threshold. With ``sum_excess``
@@ -52,7 +53,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from sentinel_stream.detect.baseline import Baseline, quantiles
+from sentinel_stream.detect.baseline import SPREAD_FLOOR, Baseline, quantiles
 
 RULES_THRESHOLD = 0.5
 RULE_MIN_HISTORY = 8
@@ -123,9 +124,11 @@ class RuleScorer:
             self._factor * baseline.spread, self._span_factor * (baseline.top - baseline.median)
         )
         unit = np.maximum(unit, GENERIC_LEAST_UNIT)
-        # A feature learnt at one value (its largest is its median) has no unit to
-        # measure an excess in: its rule is silent (the module doc).
-        unit = np.where(baseline.top > baseline.median, unit, np.inf)
+        # A feature learnt at one value (its largest is its median, its p10-p90 spread
+        # nothing) has no unit to measure an excess in: its rule is silent (the module
+        # doc). A feature at its largest in most rows but spread below it keeps its rule.
+        flat = (baseline.top <= baseline.median) & (baseline.spread <= SPREAD_FLOOR)
+        unit = np.where(flat, np.inf, unit)
         return np.where(self._relative, unit, self.log_factor)
 
     @property

@@ -76,7 +76,9 @@ def load(path: Path, label: str | None = None) -> Dataset:
         mat = loadmat(path)
         x = np.asarray(mat["X"], dtype=np.float64)
         y = np.asarray(mat["y"]).ravel().astype(np.int8)
-        return Dataset(x, y, [f"x{i}" for i in range(x.shape[1])], None)
+        columns = [f"x{i}" for i in range(x.shape[1])]
+        _check_finite(path, x, columns)
+        return Dataset(x, y, columns, None)
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
@@ -91,7 +93,25 @@ def load(path: Path, label: str | None = None) -> Dataset:
     except ValueError as exc:
         raise ValueError(f"{path}: non-numeric value ({exc})") from None
     routes = [r["route"] for r in rows] if "route" in header else None
-    return Dataset(x.reshape(len(rows), len(numeric)), y, numeric, routes)
+    x = x.reshape(len(rows), len(numeric))
+    _check_finite(path, x, numeric)
+    return Dataset(x, y, numeric, routes)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_finite(path: Path, x: npt.NDArray[np.float64], columns: list[str]) -> None:
+    """Refuse a value the detector cannot score: it works in float32, where NaN, an
+    infinity or a value beyond float32's range compares as nothing or as everything (a
+    rule's excess over an infinite unit would be NaN)."""
+    bad = ~(np.abs(x) <= FLOAT32_MAX)  # NaN compares False: it is bad too
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{path}: row {row + 1}, column {columns[col]!r} is {x[row, col]!r}: every value "
+            f"must be a finite number within float32's range ({int(bad.sum())} are not)"
+        )
 
 
 Progress = Callable[[int, int], None]

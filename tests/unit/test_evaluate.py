@@ -126,6 +126,13 @@ def test_evaluate_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("a,b\n1,2\n")
     out = run_cli("evaluate", str(bad))
     assert out.returncode == 2 and "label" in out.stderr
+    # A value the detector cannot score is named, not streamed as nothing or everything.
+    for value in ("inf", "nan", "1e39"):
+        odd = tmp_path / f"odd-{value}.csv"
+        odd.write_text(f"a,b,label\n1,2,0\n3,{value},1\n")
+        out = run_cli("evaluate", str(odd))
+        assert out.returncode == 2, out.stderr
+        assert "row 2, column 'b'" in out.stderr and "finite" in out.stderr, out.stderr
 
 
 def test_generator_labels_mean_what_they_say() -> None:

@@ -98,6 +98,11 @@ def test_a_feature_learnt_at_one_value_has_a_silent_rule() -> None:
     history[:3, 0] = 1.0
     varied = rules.scale(Baseline.of(history))
     assert np.isfinite(varied[0])
+    # So does a gauge at its largest value in most rows but spread below it.
+    history[:, 0] = np.where(rng.random(500) < 0.6, 100.0, rng.uniform(0.0, 100.0, 500))
+    gauge = Baseline.of(history)
+    assert gauge.top[0] == gauge.median[0] == 100.0
+    assert np.isfinite(rules.scale(gauge)[0])
 
 
 def test_rows_the_rules_do_not_flag_are_graded_by_how_far_from_their_neighbours() -> None:
