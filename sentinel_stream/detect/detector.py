@@ -262,6 +262,11 @@ class RouteState:
     settled: bool = False
     """Its window and long memory are full: what it holds changes only with its model."""
 
+    @property
+    def scoring_model(self) -> RouteModel | None:
+        """The model that scores the route: none while it is distrusted (point 3)."""
+        return None if self.distrusted else self.model
+
 
 def held_bytes(state: RouteState) -> int:
     """What a route's state holds in memory: its arrays' data and a measured overhead
@@ -522,7 +527,7 @@ class Detector:
                     self.changes.refused.add(route)
         else:
             state = found
-        model = state.model if not state.distrusted else None
+        model = state.scoring_model
         if state.rule_reference is None:
             self._set_rule_reference(state)
         assert state.rule_reference is not None and state.rule_scale is not None
@@ -544,8 +549,7 @@ class Detector:
                 # the threshold read from both; what the rules flag stays flagged.
                 fired = self.rules.fires(j.deviations)
                 threshold = model.graded_threshold
-                seen = rows if self.params.model_features is None else rows[:, self._cols]
-                scores = 0.5 * (j.scores + model.grader.grade(seen))
+                scores = self._with_grade(model.grader, rows, j.scores)
                 scores = np.where(fired, np.maximum(scores, threshold), scores)
                 j.flags = scores >= threshold
                 j.n_flagged = int(np.count_nonzero(j.flags))
@@ -586,6 +590,12 @@ class Detector:
                 self._weigh_disagreement(route, state, model, j, fired)
             self._learn(route, state, rows, j)
         return scored
+
+    def _with_grade(self, grader: Grader, rows: Rows, forest_scores: F64) -> F64:
+        """The mean of the forest's scores and the neighbour grade of ``rows`` (point 8)."""
+        seen = rows if self.params.model_features is None else rows[:, self._cols]
+        blended: F64 = 0.5 * (forest_scores + grader.grade(seen))
+        return blended
 
     def _weigh_disagreement(
         self, route: str, state: RouteState, model: RouteModel, j: Judged, fired: Flags | None
@@ -658,7 +668,7 @@ class Detector:
         if it has one, and the rules kept on as a floor under it (the obvious is flagged
         whatever the forest says), see :mod:`.kernels`."""
         assert state.rule_reference is not None and state.rule_scale is not None
-        model = state.model if not state.distrusted else None
+        model = state.scoring_model
         return score_route(
             rows,
             state.rule_reference,
@@ -887,12 +897,11 @@ class Detector:
         for f in range(n):
             variants[f + 1, f] = typical[f]
         scores, _ = self._score(state, variants)
-        model = state.model if not state.distrusted else None
+        model = state.scoring_model
         if model is not None and model.grader is not None:
             # Scored as the row was (point 8): a value the forest cannot see (a feature
             # constant in its sample) is the grade's.
-            seen = variants if self.params.model_features is None else variants[:, self._cols]
-            scores = 0.5 * (scores + model.grader.grade(seen))
+            scores = self._with_grade(model.grader, variants, scores)
         drop = np.maximum(scores[0] - scores[1:], 0.0)
         total = float(drop.sum())
         return drop / total if total > 0 else None
