@@ -86,6 +86,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "quality_kdd": False,
         "quality_synthetic": 20_000,
         "quality_fits": 5,
+        "quality_fit_seeds": 3,
         "quality_v1": False,
     },
     "full": {
@@ -108,6 +109,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "quality_kdd": True,
         "quality_synthetic": 100_000,
         "quality_fits": 21,
+        "quality_fit_seeds": 10,
         "quality_v1": True,
     },
 }
@@ -270,6 +272,7 @@ def quality(sz: dict[str, Any]) -> dict[str, Any]:
         synthetic_events=sz["quality_synthetic"],
         curves=True,
         v1=sz["quality_v1"],
+        fit_seeds=sz["quality_fit_seeds"],
     )
     ref = RESULTS / "quality_reference.json"
     if ref.exists():

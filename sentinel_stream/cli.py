@@ -187,9 +187,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # Everything streams in the arrival order; --scores are written in the file's order.
     order = ev.arrival_order(data, args.order, args.seed or 0)
     stream = ev.reordered(data, order)
-    scores, flags, seconds = ev.score_stream(stream, settings, progress)
+    seeds = [args.seed + k for k in range(args.fit_seeds)]
     note = "streaming" if args.order == "file" else f"streaming, {args.order} order"
-    rows = [ev.report("sentinel-stream", stream.y, scores, flags, seconds, note=note)]
+    reports, scores, _ = ev.over_fit_seeds(stream, settings, seeds, note, progress)
+    rows = [ev.summarise(reports)]
     if args.scores:
         in_file_order = np.empty_like(scores)
         in_file_order[order] = scores
@@ -198,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.baselines:
         x = ev.baseline_features(stream)
-        rows.append(ev.baseline_batch(x, stream.y, args.seed or 0)[0])
+        rows.append(ev.summarise([ev.baseline_batch(x, stream.y, k)[0] for k in seeds]))
         if args.hst_rows > 0:
             rows.append(ev.baseline_hst(x, stream.y, args.hst_rows)[0])
         if args.v1_rows > 0:
@@ -212,6 +213,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         print(ev.format_table(rows))
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -290,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--scores", help="write each row's score, one per line, in order")
     evaluate.add_argument(
         "--seed", type=int, default=1, help="seeds the fits and the shuffled order"
+    )
+    evaluate.add_argument(
+        "--fit-seeds",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="repeat the stream and the batch model with the fit seeds --seed .. --seed+K-1 "
+        "on the same arrival order; report each one's mean and standard deviation "
+        "(--scores: the first seed's)",
     )
     evaluate.add_argument(
         "--order",

@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from sentinel_stream.tools.evaluate import operating_point
+from sentinel_stream.tools.evaluate import fpr_at_first_catch, operating_point, summarise
 from sentinel_stream.tools.synthetic import KINDS, generate, make_profiles
 
 
@@ -41,6 +41,51 @@ def test_operating_point_equals_sklearn(seed: int) -> None:
 def test_operating_point_with_nothing_flagged() -> None:
     op = operating_point([0, 1, 0], [0, 0, 0])
     assert (op.precision, op.recall, op.f1, op.fpr) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fpr_at_first_catch_is_the_least_any_threshold_pays(seed: int) -> None:
+    """Against every threshold the scores offer: the least FPR among those that flag an
+    anomaly (sklearn's ROC curve gives them all)."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    y = rng.random(400) < 0.05
+    scores = np.round(rng.normal(size=400) + 1.5 * y, 1)  # ties across the classes
+    fpr, tpr, _ = roc_curve(y, scores)
+    assert fpr_at_first_catch(y, scores) == pytest.approx(fpr[tpr > 0].min())
+
+
+def test_fpr_at_first_catch_of_an_anomaly_on_top_and_of_one_class() -> None:
+    assert fpr_at_first_catch([0, 0, 1, 0], [0.1, 0.2, 0.9, 0.3]) == 0.0
+    assert fpr_at_first_catch([0, 0, 1, 0], [0.1, 0.9, 0.5, 0.3]) == pytest.approx(1 / 3)
+    assert fpr_at_first_catch([0, 0], [0.1, 0.2]) == 0.0
+    # A normal row scored as the best anomaly is flagged with it: a tie costs.
+    assert fpr_at_first_catch([0, 1, 0], [0.5, 0.5, 0.1]) == pytest.approx(0.5)
+
+
+def test_summarise_means_and_spreads_and_leaves_one_report_alone() -> None:
+    one = {
+        "detector": "d",
+        "rows": 10,
+        "roc_auc": 0.8,
+        "auprc": 0.2,
+        "recall": 0.5,
+        "fpr": 0.01,
+        "fpr_first_catch": 0.0,
+        "precision": 0.5,
+        "f1": 0.5,
+        "rows_per_s": 100,
+        "note": "",
+    }
+    assert summarise([one]) is one
+    other = {**one, "roc_auc": 0.9, "auprc": 0.4, "fpr": 0.03, "rows_per_s": 300}
+    both = summarise([one, other])
+    assert both["roc_auc"] == pytest.approx(0.85) and both["auprc"] == pytest.approx(0.3)
+    assert both["fpr"] == pytest.approx(0.02) and both["rows_per_s"] == 200
+    assert both["roc_auc_sd"] == pytest.approx(0.05) and both["auprc_sd"] == pytest.approx(0.1)
+    assert both["seeds"] == 2 and both["rows"] == 10
+    assert both["note"].startswith("mean of 2 fit seeds")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -102,6 +147,56 @@ def test_evaluate_reads_odds_mat(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     ours = json.loads(out.stdout)["results"][0]
     assert ours["rows"] == 3000 and ours["recall"] == 1.0 and ours["roc_auc"] > 0.99
+
+
+def test_evaluate_over_fit_seeds_is_the_mean_of_the_single_runs(tmp_path: Path) -> None:
+    """--fit-seeds 3 with --seed 4 is the runs with seeds 4, 5 and 6 on one arrival order
+    (shuffled by 4), for the stream and the batch model alike."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(900, 3))
+    y = np.zeros(900)
+    y[rng.choice(900, 20, replace=False)] = 1
+    x[y == 1] += rng.normal(0, 2.5, size=(20, 3))
+    savemat(tmp_path / "t.mat", {"X": x, "y": y.reshape(-1, 1)})
+    common = ("evaluate", str(tmp_path / "t.mat"), "--json", "--order", "shuffled")
+    out = run_cli(*common, "--seed", "4", "--fit-seeds", "3", "--hst-rows", "0", "--v1-rows", "0")
+    assert out.returncode == 0, out.stderr
+    ours, batch = json.loads(out.stdout)["results"]
+    singles: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for fit_seed in (4, 5, 6):
+        for r in _single_fit_seed(tmp_path / "t.mat", order_seed=4, fit_seed=fit_seed):
+            singles[r["detector"]].append(r)
+    for summary in (ours, batch):
+        runs = singles[summary["detector"]]
+        assert summary["seeds"] == 3
+        for key in ("roc_auc", "auprc", "recall", "fpr"):
+            values = [r[key] for r in runs]
+            assert summary[key] == pytest.approx(np.mean(values), abs=1e-4), key
+            assert summary[f"{key}_sd"] == pytest.approx(np.std(values), abs=1e-4), key
+    for runs in singles.values():
+        assert len({r["auprc"] for r in runs}) > 1, "the seeds give different figures"
+
+
+def _single_fit_seed(path: Path, order_seed: int, fit_seed: int) -> list[dict[str, Any]]:
+    """The stream's and the batch model's report with one fit seed on ``--seed
+    order_seed``'s order (the command ties the two seeds; here they differ)."""
+    from sentinel_stream.config import load_settings
+    from sentinel_stream.tools import evaluate as ev
+
+    data = ev.load(path)
+    stream = ev.reordered(data, ev.arrival_order(data, "shuffled", order_seed))
+    settings = load_settings(refit_workers=0, seed=fit_seed)
+    scores, flags, seconds = ev.score_stream(stream, settings)
+    ours = ev.report("sentinel-stream", stream.y, scores, flags, seconds)
+    batch = ev.baseline_batch(ev.baseline_features(stream), stream.y, fit_seed)[0]
+    return [ours, batch]
+
+
+def test_evaluate_refuses_fit_seeds_below_one(tmp_path: Path) -> None:
+    out = run_cli("evaluate", str(tmp_path / "none.mat"), "--fit-seeds", "0")
+    assert out.returncode == 2 and "--fit-seeds: must be at least 1" in out.stderr
 
 
 def test_evaluate_skips_a_baseline_given_no_rows(tmp_path: Path) -> None:
