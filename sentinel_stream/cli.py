@@ -183,7 +183,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.y.sum() == 0 or data.y.sum() == len(data.y):
         print("sentinel-stream evaluate: the labels need both classes", file=sys.stderr)
         return 2
-    progress = None if args.json else ev.terminal_progress("sentinel-stream")
+    def progress(seed: int) -> ev.Progress | None:
+        label = "sentinel-stream" if args.fit_seeds == 1 else f"sentinel-stream, seed {seed}"
+        return None if args.json else ev.terminal_progress(label)
+
     # Everything streams in the arrival order; --scores are written in the file's order.
     order = ev.arrival_order(data, args.order, args.seed or 0)
     stream = ev.reordered(data, order)
@@ -305,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="K",
         help="repeat the stream and the batch model with the fit seeds --seed .. --seed+K-1 "
-        "on the same arrival order; report each one's mean and standard deviation "
+        "on the same arrival order; report each one's mean and sample standard deviation "
         "(--scores: the first seed's)",
     )
     evaluate.add_argument(

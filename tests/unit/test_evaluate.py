@@ -79,11 +79,25 @@ def test_summarise_means_and_spreads_and_leaves_one_report_alone() -> None:
         "note": "",
     }
     assert summarise([one]) is one
-    other = {**one, "roc_auc": 0.9, "auprc": 0.4, "fpr": 0.03, "rows_per_s": 300}
+    other = {
+        **one,
+        "roc_auc": 0.9,
+        "auprc": 0.4,
+        "fpr": 0.03,
+        "fpr_first_catch": 0.02,
+        "precision": 0.7,
+        "f1": 0.6,
+        "rows_per_s": 300,
+    }
     both = summarise([one, other])
     assert both["roc_auc"] == pytest.approx(0.85) and both["auprc"] == pytest.approx(0.3)
     assert both["fpr"] == pytest.approx(0.02) and both["rows_per_s"] == 200
-    assert both["roc_auc_sd"] == pytest.approx(0.05) and both["auprc_sd"] == pytest.approx(0.1)
+    assert both["precision"] == pytest.approx(0.6) and both["f1"] == pytest.approx(0.55)
+    assert both["fpr_first_catch"] == pytest.approx(0.01)
+    # The sample standard deviation of two values is |a - b| / sqrt(2).
+    assert both["roc_auc_sd"] == pytest.approx(0.1 / math.sqrt(2), abs=1e-5)
+    assert both["auprc_sd"] == pytest.approx(0.2 / math.sqrt(2), abs=1e-5)
+    assert both["fpr_first_catch_sd"] == pytest.approx(0.02 / math.sqrt(2), abs=1e-5)
     assert both["seeds"] == 2 and both["rows"] == 10
     assert both["note"].startswith("mean of 2 fit seeds")
 
@@ -161,37 +175,62 @@ def test_evaluate_over_fit_seeds_is_the_mean_of_the_single_runs(tmp_path: Path) 
     x[y == 1] += rng.normal(0, 2.5, size=(20, 3))
     savemat(tmp_path / "t.mat", {"X": x, "y": y.reshape(-1, 1)})
     common = ("evaluate", str(tmp_path / "t.mat"), "--json", "--order", "shuffled")
-    out = run_cli(*common, "--seed", "4", "--fit-seeds", "3", "--hst-rows", "0", "--v1-rows", "0")
+    written = tmp_path / "scores.txt"
+    out = run_cli(
+        *common,
+        "--seed",
+        "4",
+        "--fit-seeds",
+        "3",
+        "--hst-rows",
+        "0",
+        "--v1-rows",
+        "0",
+        "--scores",
+        str(written),
+    )
     assert out.returncode == 0, out.stderr
     ours, batch = json.loads(out.stdout)["results"]
     singles: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    first_scores = None
     for fit_seed in (4, 5, 6):
-        for r in _single_fit_seed(tmp_path / "t.mat", order_seed=4, fit_seed=fit_seed):
+        reports, scores = _single_fit_seed(tmp_path / "t.mat", order_seed=4, fit_seed=fit_seed)
+        first_scores = scores if first_scores is None else first_scores
+        for r in reports:
             singles[r["detector"]].append(r)
     for summary in (ours, batch):
         runs = singles[summary["detector"]]
         assert summary["seeds"] == 3
-        for key in ("roc_auc", "auprc", "recall", "fpr"):
+        for key in ("roc_auc", "auprc", "recall", "fpr", "fpr_first_catch"):
             values = [r[key] for r in runs]
             assert summary[key] == pytest.approx(np.mean(values), abs=1e-4), key
-            assert summary[f"{key}_sd"] == pytest.approx(np.std(values), abs=1e-4), key
+            assert summary[f"{key}_sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-4), key
     for runs in singles.values():
         assert len({r["auprc"] for r in runs}) > 1, "the seeds give different figures"
+    # --scores is the first seed's run, in the file's order.
+    assert first_scores is not None
+    assert np.array_equal(np.loadtxt(written), first_scores)
 
 
-def _single_fit_seed(path: Path, order_seed: int, fit_seed: int) -> list[dict[str, Any]]:
+def _single_fit_seed(
+    path: Path, order_seed: int, fit_seed: int
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The stream's and the batch model's report with one fit seed on ``--seed
-    order_seed``'s order (the command ties the two seeds; here they differ)."""
+    order_seed``'s order (the command ties the two seeds; here they differ), and the
+    stream's scores in the file's order."""
     from sentinel_stream.config import load_settings
     from sentinel_stream.tools import evaluate as ev
 
     data = ev.load(path)
-    stream = ev.reordered(data, ev.arrival_order(data, "shuffled", order_seed))
+    order = ev.arrival_order(data, "shuffled", order_seed)
+    stream = ev.reordered(data, order)
     settings = load_settings(refit_workers=0, seed=fit_seed)
     scores, flags, seconds = ev.score_stream(stream, settings)
     ours = ev.report("sentinel-stream", stream.y, scores, flags, seconds)
     batch = ev.baseline_batch(ev.baseline_features(stream), stream.y, fit_seed)[0]
-    return [ours, batch]
+    in_file_order = np.empty_like(scores)
+    in_file_order[order] = scores
+    return [ours, batch], in_file_order
 
 
 def test_evaluate_refuses_fit_seeds_below_one(tmp_path: Path) -> None:
