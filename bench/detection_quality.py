@@ -1,6 +1,6 @@
 """Detection quality on data the detector was not tuned on, and what a fit costs.
 
-    python bench/detection_quality.py              # ~15-25 min on 2 cores
+    python bench/detection_quality.py              # ~4 min on 2 cores
     python bench/detection_quality.py --quick      # ODDS sets and fit times only
     python bench/detection_quality.py --json out.json
     python bench/detection_quality.py --odds DIR --spread-only --fit-seeds 5
